@@ -1,0 +1,3 @@
+"""eventbus consumers."""
+
+__all__: list[str] = []

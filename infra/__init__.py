@@ -1,0 +1,3 @@
+"""eventbus infra: settings, topic provisioning, the embedded broker and the command line."""
+
+__all__: list[str] = []

@@ -1,0 +1,26 @@
+"""The ``eventbus`` command line."""
+
+from __future__ import annotations
+
+import click
+
+__all__ = ["main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="eventbus")
+def main() -> None:
+    """Kafka-backed events for the coaching marketplace.
+
+    Settings come from EVENTBUS_* environment variables (see `eventbus settings`).
+    """
+
+
+def _register() -> None:
+    # Imported here so each command module can import `main`-free helpers only.
+    from ._cli_broker import broker  # noqa: PLC0415
+
+    main.add_command(broker)
+
+
+_register()

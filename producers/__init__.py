@@ -1,0 +1,3 @@
+"""eventbus producers."""
+
+__all__: list[str] = []

@@ -1,0 +1,166 @@
+"""Every error eventbus raises, under one root.
+
+Library errors (aiokafka, fastavro, pydantic, database drivers) are converted
+where they cross into eventbus, with the original kept as ``__cause__``; none
+escapes the public API.
+
+::
+
+    EventBusError                      retriable=False unless stated
+    ├── EventValidationError           an event does not match its model; nothing was sent
+    ├── UnknownEventTypeError          the event type is not in the catalog
+    ├── UnknownTopicError              the topic is not one of the catalog's topics
+    ├── MessageTooLargeError           the encoded record exceeds the client-side limit
+    ├── ConfigurationError             settings that cannot work
+    │   └── IdempotenceUnsupportedError    the broker refused InitProducerId
+    ├── SerializationError
+    │   ├── EncodeError                a valid model that Avro could not write
+    │   └── DecodeError                bytes that are not an event we can read
+    │       ├── UnknownSchemaError         the writer fingerprint is not registered
+    │       └── CorruptMessageError        bad magic, truncated or malformed body
+    └── BrokerError                    retriable=True
+        ├── BrokerUnavailableError     no broker answered within the timeout
+        ├── PublishTimeoutError        no acknowledgement within the timeout
+        └── PublishFailedError         the broker refused the record
+
+Example::
+
+    try:
+        await publisher.publish(event)
+    except EventBusError as exc:
+        if exc.retriable: ...
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokerError",
+    "BrokerUnavailableError",
+    "ConfigurationError",
+    "CorruptMessageError",
+    "DecodeError",
+    "EncodeError",
+    "EventBusError",
+    "EventValidationError",
+    "IdempotenceUnsupportedError",
+    "MessageTooLargeError",
+    "PublishFailedError",
+    "PublishTimeoutError",
+    "SerializationError",
+    "UnknownEventTypeError",
+    "UnknownSchemaError",
+    "UnknownTopicError",
+]
+
+
+class EventBusError(Exception):
+    """Root of every eventbus error.
+
+    ``retriable`` tells whether trying the same operation again may succeed.
+    """
+
+    retriable: bool = False
+
+    def __init__(self, message: str, *, retriable: bool | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if retriable is not None:
+            self.retriable = retriable
+
+
+class EventValidationError(EventBusError):
+    """An event (or the data for one) does not match its model.
+
+    ``errors`` lists each problem as ``(field path, message)``; the first one
+    is named in the message. Example: ``EventValidationError.errors[0][0] == "cost_credits"``.
+    """
+
+    def __init__(self, event_type: str, errors: list[tuple[str, str]]) -> None:
+        self.event_type = event_type
+        self.errors = errors
+        first = f"{errors[0][0]}: {errors[0][1]}" if errors else "invalid"
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        super().__init__(f"invalid {event_type} event: {first}{more}")
+
+    @property
+    def fields(self) -> list[str]:
+        """The dotted paths of the invalid fields."""
+        return [path for path, _ in self.errors]
+
+
+class UnknownEventTypeError(EventBusError):
+    """The event type is not in the catalog (a typo, or a missing schema)."""
+
+    def __init__(self, event_type: str, known: list[str] | None = None) -> None:
+        self.event_type = event_type
+        hint = f"; known types: {', '.join(known)}" if known else ""
+        super().__init__(f"unknown event type {event_type!r}{hint}")
+
+
+class UnknownTopicError(EventBusError):
+    """The topic is not one of the catalog's topics."""
+
+    def __init__(self, topic: str, known: list[str] | None = None) -> None:
+        self.topic = topic
+        hint = f"; known topics: {', '.join(known)}" if known else ""
+        super().__init__(f"unknown topic {topic!r}{hint}")
+
+
+class MessageTooLargeError(EventBusError):
+    """The encoded record is larger than the configured maximum message size."""
+
+    def __init__(self, size: int, limit: int, event_type: str = "") -> None:
+        self.size = size
+        self.limit = limit
+        what = f"{event_type} event" if event_type else "record"
+        super().__init__(f"{what} is {size} bytes, over the limit of {limit} bytes")
+
+
+class ConfigurationError(EventBusError):
+    """Settings that cannot work together or with this broker."""
+
+
+class IdempotenceUnsupportedError(ConfigurationError):
+    """The broker refused InitProducerId, so an idempotent producer cannot start."""
+
+
+class SerializationError(EventBusError):
+    """Converting between an event and bytes failed."""
+
+
+class EncodeError(SerializationError):
+    """A model that passed validation could not be written as Avro."""
+
+
+class DecodeError(SerializationError):
+    """Bytes that are not an event this process can read."""
+
+
+class UnknownSchemaError(DecodeError):
+    """The writer schema's fingerprint is not registered."""
+
+    def __init__(self, fingerprint: bytes) -> None:
+        self.fingerprint = fingerprint
+        super().__init__(f"unknown writer schema fingerprint {fingerprint.hex()}")
+
+
+class CorruptMessageError(DecodeError):
+    """Bad magic bytes, a truncated record or a body that is not valid Avro."""
+
+
+class BrokerError(EventBusError):
+    """The broker could not be reached or refused the request."""
+
+    retriable = True
+
+
+class BrokerUnavailableError(BrokerError):
+    """No broker answered within the configured timeout."""
+
+
+class PublishTimeoutError(BrokerError):
+    """The broker did not acknowledge the record within the timeout."""
+
+
+class PublishFailedError(BrokerError):
+    """The broker refused the record; ``retriable`` says whether to try again."""
