@@ -1,3 +1,36 @@
-"""eventbus producers."""
+"""eventbus producers: the SDK services use to publish catalog events.
 
-__all__: list[str] = []
+Example::
+
+    from producers import EventPublisher, KafkaConnection
+    async with EventPublisher(connection=KafkaConnection(bootstrap_servers="kafka:9092")) as publisher:
+        await publisher.publish(event)
+"""
+
+from ._config import KafkaConnection, PublisherConfig
+from ._context import caused_by, correlation_scope, current_causation_id, current_correlation_id
+from ._kafka import KafkaProducerTransport, connect_with_retry, convert_kafka_error
+from ._memory import InMemoryBroker, InMemoryProducerTransport, StoredRecord, murmur2_partition
+from ._publisher import EventPublisher, PublishResult
+from ._transport import Delivery, OutgoingRecord, ProducerTransport
+
+__all__ = [
+    "Delivery",
+    "EventPublisher",
+    "InMemoryBroker",
+    "InMemoryProducerTransport",
+    "KafkaConnection",
+    "KafkaProducerTransport",
+    "OutgoingRecord",
+    "ProducerTransport",
+    "PublishResult",
+    "PublisherConfig",
+    "StoredRecord",
+    "caused_by",
+    "connect_with_retry",
+    "convert_kafka_error",
+    "correlation_scope",
+    "current_causation_id",
+    "current_correlation_id",
+    "murmur2_partition",
+]

@@ -38,7 +38,7 @@ from ._events import (
     SessionCreated,
     SessionCreationFailed,
     SessionUpdated,
-    SystemError,
+    SystemErrorEvent,
     UserCreditsUpdated,
 )
 from .errors import (
@@ -103,7 +103,7 @@ __all__ = [
     "SessionCreated",
     "SessionCreationFailed",
     "SessionUpdated",
-    "SystemError",
+    "SystemErrorEvent",
     "Timestamp",
     "UnknownEventTypeError",
     "UnknownSchemaError",

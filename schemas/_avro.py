@@ -12,8 +12,8 @@ from fastavro.schema import parse_schema, to_parsing_canonical_form
 
 __all__ = [
     "AVRO_DIR",
-    "MAGIC",
     "HEADER_SIZE",
+    "MAGIC",
     "canonical_form",
     "fingerprint",
     "inline_named_types",

@@ -139,4 +139,3 @@ class AvroCodec:
         except ValidationError as exc:
             error = validation_error(spec.event_type, exc)
             raise CorruptMessageError(f"decoded record is not a valid event: {error.message}") from exc
-

@@ -44,7 +44,7 @@ __all__ = [
     "SessionCreated",
     "SessionCreationFailed",
     "SessionUpdated",
-    "SystemError",
+    "SystemErrorEvent",
     "UserCreditsUpdated",
 ]
 
@@ -273,7 +273,7 @@ class RecordHeader(_Part):
     value: bytes | None = None
 
 
-class SystemError(Event, event_type="system:error"):  # noqa: A001 - the catalog's name for it
+class SystemErrorEvent(Event, event_type="system:error"):
     """A dead letter: a record a consumer group could not handle, kept byte for byte."""
 
     consumer_group: EntityId

@@ -100,10 +100,10 @@ class UnknownEventTypeError(EventBusError):
 class UnknownTopicError(EventBusError):
     """The topic is not one of the catalog's topics."""
 
-    def __init__(self, topic: str, known: list[str] | None = None) -> None:
+    def __init__(self, topic: str, known: list[str] | None = None, *, reason: str = "") -> None:
         self.topic = topic
         hint = f"; known topics: {', '.join(known)}" if known else ""
-        super().__init__(f"unknown topic {topic!r}{hint}")
+        super().__init__(reason or f"unknown topic {topic!r}{hint}")
 
 
 class MessageTooLargeError(EventBusError):
@@ -163,4 +163,14 @@ class PublishTimeoutError(BrokerError):
 
 
 class PublishFailedError(BrokerError):
-    """The broker refused the record; ``retriable`` says whether to try again."""
+    """The broker refused the record; ``retriable`` says whether to try again.
+
+    After ``flush()``, ``failures`` lists ``(event_id, error)`` of the events
+    given to ``send()`` that were not delivered (the first 1000).
+    """
+
+    def __init__(
+        self, message: str, *, retriable: bool | None = None, failures: list[tuple[object, EventBusError]] | None = None
+    ) -> None:
+        super().__init__(message, retriable=retriable)
+        self.failures = failures or []

@@ -1,0 +1,140 @@
+"""Settings from ``EVENTBUS_*`` environment variables, turned into the typed configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from producers import KafkaConnection, PublisherConfig
+from schemas.errors import ConfigurationError
+
+__all__ = ["Profile", "Settings", "load_settings"]
+
+_Config = TypeVar("_Config", KafkaConnection, PublisherConfig)
+
+Profile = Literal["kafka", "embedded"]
+
+
+class Settings(BaseSettings):
+    """Everything configurable, read from the environment (prefix ``EVENTBUS_``).
+
+    ``profile`` picks defaults for the broker kind: ``kafka`` (Apache Kafka:
+    idempotent producer, replication 3) or ``embedded`` (the Tansu broker of
+    development and tests: no idempotence, replication 1, short group timeouts).
+    Any setting given explicitly wins over its profile default. Secrets are
+    ``SecretStr``: they never show in ``repr`` or ``eventbus settings``.
+
+    Example: ``Settings(bootstrap_servers="127.0.0.1:9092", profile="embedded").connection()``
+    """
+
+    model_config = SettingsConfigDict(env_prefix="EVENTBUS_", frozen=True, extra="ignore")
+
+    profile: Profile = "kafka"
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = ""
+    client_id: str = "eventbus"
+    service_name: str = "eventbus"
+
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_key_password: SecretStr | None = None
+
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    request_timeout_s: float = Field(default=10.0, gt=0)
+
+    producer_acks: Literal["all", "1", "0"] = "all"
+    producer_idempotence: bool | None = None
+    """None: on for the kafka profile, off for embedded."""
+    producer_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
+    producer_linger_ms: int = Field(default=5, ge=0)
+    max_message_bytes: int = Field(default=1_048_576, gt=0)
+    delivery_timeout_s: float = Field(default=30.0, gt=0)
+
+    replication_factor: int | None = Field(default=None, ge=1)
+    """None: 3 for the kafka profile, 1 for embedded."""
+
+    @property
+    def idempotence(self) -> bool:
+        """Whether the producer is idempotent, after the profile default."""
+        if self.producer_idempotence is not None:
+            return self.producer_idempotence
+        return self.profile == "kafka"
+
+    @property
+    def replication(self) -> int:
+        """Replication factor of created topics, after the profile default."""
+        if self.replication_factor is not None:
+            return self.replication_factor
+        return 3 if self.profile == "kafka" else 1
+
+    def connection(self) -> KafkaConnection:
+        """The connection config for producers, consumers and admin."""
+        return _build(
+            KafkaConnection,
+            bootstrap_servers=self.bootstrap_servers,
+            client_id=self.client_id,
+            topic_prefix=self.topic_prefix,
+            security_protocol=self.security_protocol,
+            sasl_mechanism=self.sasl_mechanism,
+            sasl_username=self.sasl_username,
+            sasl_password=self.sasl_password,
+            ssl_cafile=self.ssl_cafile,
+            ssl_certfile=self.ssl_certfile,
+            ssl_keyfile=self.ssl_keyfile,
+            ssl_key_password=self.ssl_key_password,
+            request_timeout_s=self.request_timeout_s,
+            connect_timeout_s=self.connect_timeout_s,
+        )
+
+    def publisher_config(self, service: str | None = None) -> PublisherConfig:
+        """The publisher config; ``service`` overrides ``service_name``."""
+        acks: Any = "all" if self.producer_acks == "all" else int(self.producer_acks)
+        return _build(
+            PublisherConfig,
+            service=service or self.service_name,
+            acks=acks,
+            enable_idempotence=self.idempotence,
+            compression=self.producer_compression,
+            linger_ms=self.producer_linger_ms,
+            max_message_bytes=self.max_message_bytes,
+            delivery_timeout_s=self.delivery_timeout_s,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """Every setting with its effective value, secrets masked (for ``eventbus settings``)."""
+        values = self.model_dump()
+        for name, value in values.items():
+            if isinstance(value, SecretStr):
+                values[name] = "**********"
+            elif isinstance(value, Path):
+                values[name] = str(value)
+        values["producer_idempotence"] = self.idempotence
+        values["replication_factor"] = self.replication
+        return values
+
+
+def _build(kind: type[_Config], **fields: Any) -> _Config:
+    try:
+        return kind(**fields)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        msg = f"invalid settings: {problems}"
+        raise ConfigurationError(msg) from exc
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with ``overrides`` on top; ``ConfigurationError`` when invalid."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(f"EVENTBUS_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        msg = f"invalid settings: {problems}"
+        raise ConfigurationError(msg) from exc

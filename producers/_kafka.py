@@ -1,0 +1,179 @@
+"""The aiokafka-backed transport, and the conversion of aiokafka errors into ours."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    NodeNotReadyError,
+    RequestTimedOutError,
+    UnknownError,
+)
+
+from schemas.errors import (
+    BrokerError,
+    BrokerUnavailableError,
+    EventBusError,
+    IdempotenceUnsupportedError,
+    MessageTooLargeError,
+    PublishFailedError,
+    PublishTimeoutError,
+)
+
+from ._config import KafkaConnection, PublisherConfig
+from ._transport import Delivery, OutgoingRecord
+
+__all__ = ["KafkaProducerTransport", "connect_with_retry", "convert_kafka_error"]
+
+
+def convert_kafka_error(exc: BaseException, action: str) -> EventBusError:
+    """Our error for an aiokafka one (keep it as ``__cause__`` with ``raise ... from exc``)."""
+    if isinstance(exc, EventBusError):
+        return exc
+    detail = f"{action}: {type(exc).__name__}: {exc}"
+    if isinstance(exc, (KafkaTimeoutError, RequestTimedOutError, asyncio.TimeoutError)):
+        return PublishTimeoutError(detail)
+    if isinstance(exc, (KafkaConnectionError, NodeNotReadyError)):
+        return BrokerUnavailableError(detail)
+    if isinstance(exc, MessageSizeTooLargeError):
+        return MessageTooLargeError(-1, -1, detail)
+    if isinstance(exc, KafkaError):
+        return PublishFailedError(detail, retriable=bool(getattr(exc, "retriable", False)))
+    return BrokerError(detail, retriable=False)
+
+
+async def connect_with_retry(start: Any, connection: KafkaConnection, what: str) -> None:
+    """Await ``start()`` until it succeeds, retrying connection errors up to ``connect_timeout_s``."""
+    deadline = time.monotonic() + connection.connect_timeout_s
+    delay = 0.1
+    while True:
+        try:
+            await asyncio.wait_for(start(), timeout=max(0.1, deadline - time.monotonic()))
+        except (TimeoutError, KafkaConnectionError, NodeNotReadyError) as exc:
+            if time.monotonic() + delay >= deadline:
+                msg = (
+                    f"no broker answered at {connection.bootstrap_servers} within "
+                    f"{connection.connect_timeout_s:g} s ({what}): {exc}"
+                )
+                raise BrokerUnavailableError(msg) from exc
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        else:
+            return
+
+
+class KafkaProducerTransport:
+    """Publishes records with aiokafka's producer.
+
+    Example: ``EventPublisher(transport=KafkaProducerTransport(connection, config))``
+    """
+
+    def __init__(self, connection: KafkaConnection, config: PublisherConfig) -> None:
+        self._connection = connection
+        self._config = config
+        self._producer: AIOKafkaProducer | None = None
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        config = self._config
+        options = self._connection.client_options()
+        # A produce request may take as long as the delivery timeout allows.
+        options["request_timeout_ms"] = int(config.delivery_timeout_s * 1000)
+        return AIOKafkaProducer(
+            **options,
+            acks=config.acks,
+            enable_idempotence=config.enable_idempotence,
+            compression_type=None if config.compression == "none" else config.compression,
+            linger_ms=config.linger_ms,
+            max_batch_size=config.max_batch_bytes,
+            max_request_size=config.max_message_bytes + 4096,
+        )
+
+    async def start(self) -> None:
+        """Connect (retrying up to the connect timeout) and, if asked, register as idempotent."""
+        producer = self._new_producer()
+        try:
+            await connect_with_retry(producer.start, self._connection, "producer")
+        except UnknownError as exc:
+            await producer.stop()
+            if self._config.enable_idempotence:
+                msg = (
+                    "the broker refused InitProducerId, so an idempotent producer cannot start; "
+                    "the embedded broker does not support idempotence: set "
+                    "EVENTBUS_PRODUCER_IDEMPOTENCE=false (or EVENTBUS_PROFILE=embedded)"
+                )
+                raise IdempotenceUnsupportedError(msg) from exc
+            raise convert_kafka_error(exc, "starting the producer") from exc
+        except BaseException:
+            await producer.stop()
+            raise
+        self._producer = producer
+
+    async def stop(self) -> None:
+        """Flush and close the producer."""
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        try:
+            await asyncio.wait_for(producer.stop(), timeout=self._config.delivery_timeout_s)
+        except (TimeoutError, KafkaError) as exc:
+            raise convert_kafka_error(exc, "stopping the producer") from exc
+
+    def _running(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            msg = "the producer is not started (use `async with EventPublisher(...)`)"
+            raise PublishFailedError(msg, retriable=False)
+        return self._producer
+
+    async def topic_names(self) -> set[str]:
+        """Existing topics, asked with a metadata request that never auto-creates one."""
+        admin = AIOKafkaAdminClient(**self._connection.client_options())
+        try:
+            await connect_with_retry(admin.start, self._connection, "admin")
+            names = await asyncio.wait_for(admin.list_topics(), timeout=self._connection.request_timeout_s)
+        except (TimeoutError, KafkaError) as exc:
+            raise convert_kafka_error(exc, "listing topics") from exc
+        finally:
+            await admin.close()
+        return set(names)
+
+    async def enqueue(self, record: OutgoingRecord) -> asyncio.Future[Delivery]:
+        """Hand the record to aiokafka's accumulator; the future resolves on acknowledgement."""
+        producer = self._running()
+        try:
+            sent = await producer.send(record.topic, record.value, key=record.key, headers=record.headers)
+        except KafkaError as exc:
+            raise convert_kafka_error(exc, f"sending to {record.topic}") from exc
+        result: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
+        sent.add_done_callback(lambda done: _settle(done, result, record.topic))
+        return result
+
+    async def flush(self) -> None:
+        """Send what aiokafka has buffered."""
+        try:
+            await asyncio.wait_for(self._running().flush(), timeout=self._config.delivery_timeout_s)
+        except (TimeoutError, KafkaError) as exc:
+            raise convert_kafka_error(exc, "flushing") from exc
+
+
+def _settle(sent: asyncio.Future[Any], result: asyncio.Future[Delivery], topic: str) -> None:
+    if result.done():
+        return
+    if sent.cancelled():
+        result.set_exception(PublishFailedError(f"send to {topic} was cancelled", retriable=True))
+        return
+    exc = sent.exception()
+    if exc is not None:
+        error = convert_kafka_error(exc, f"delivering to {topic}")
+        error.__cause__ = exc
+        result.set_exception(error)
+        return
+    meta = sent.result()
+    result.set_result(Delivery(meta.topic, meta.partition, meta.offset))

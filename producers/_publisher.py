@@ -1,0 +1,257 @@
+"""The producer SDK: ``await publisher.publish(event)``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+from uuid import UUID
+
+from schemas import CATALOG, AvroCodec, Catalog, Event, EventSpec
+from schemas.errors import (
+    EventBusError,
+    MessageTooLargeError,
+    PublishFailedError,
+    PublishTimeoutError,
+    UnknownTopicError,
+)
+
+from ._config import KafkaConnection, PublisherConfig
+from ._context import current_causation_id, current_correlation_id
+from ._kafka import KafkaProducerTransport
+from ._transport import Delivery, OutgoingRecord, ProducerTransport
+
+__all__ = ["EventPublisher", "PublishResult"]
+
+_TOPIC_REFRESH_S = 5.0
+_MAX_KEPT_FAILURES = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    """Where an event was stored. Example: ``(await publisher.publish(e)).offset``"""
+
+    topic: str
+    partition: int
+    offset: int
+    event_id: UUID
+    event_type: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON shape the CLI prints."""
+        return {"topic": self.topic, "partition": self.partition, "offset": self.offset, "event_id": str(self.event_id)}
+
+
+class EventPublisher:
+    """Publishes catalog events to their entity topic, keyed by entity id.
+
+    ``publish`` waits for the broker's acknowledgement; ``send`` is the
+    fire-and-forget path (bounded by ``max_buffered_records``) whose failures
+    ``flush`` raises. Metadata is completed on the way out: the publisher's
+    service and version, and the correlation and causation ids of the
+    caller's context.
+
+    Example::
+
+        async with EventPublisher(connection=KafkaConnection(), config=PublisherConfig()) as publisher:
+            result = await publisher.publish(event)
+    """
+
+    def __init__(
+        self,
+        *,
+        connection: KafkaConnection | None = None,
+        config: PublisherConfig | None = None,
+        transport: ProducerTransport | None = None,
+        catalog: Catalog = CATALOG,
+        codec: AvroCodec | None = None,
+    ) -> None:
+        self.connection = connection or KafkaConnection()
+        self.config = config or PublisherConfig()
+        self.catalog = catalog
+        self._codec = codec or AvroCodec(catalog)
+        self._transport = transport or KafkaProducerTransport(self.connection, self.config)
+        self._known_topics: set[str] = set()
+        self._topics_checked_at = 0.0
+        self._topic_names = {spec.event_type: self.connection.topic(spec.topic) for spec in catalog}
+        self._type_headers = {spec.event_type: spec.event_type.encode() for spec in catalog}
+        self._buffer = asyncio.Semaphore(self.config.max_buffered_records)
+        self._pending: set[asyncio.Future[Delivery]] = set()
+        self._failures: list[tuple[UUID, EventBusError]] = []
+        self._failure_count = 0
+        self._started = False
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close(flush=exc is None)
+
+    async def start(self) -> None:
+        """Connect and learn which topics exist; ``BrokerUnavailableError`` after the connect timeout."""
+        await self._transport.start()
+        try:
+            await self._refresh_topics()
+        except BaseException:
+            await self._transport.stop()
+            raise
+        self._started = True
+
+    async def close(self, *, flush: bool = True) -> None:
+        """Flush (unless told not to) and disconnect. Raises what ``flush`` raises."""
+        if not self._started:
+            return
+        self._started = False
+        try:
+            if flush:
+                await self.flush()
+        finally:
+            await self._transport.stop()
+
+    async def _refresh_topics(self) -> None:
+        self._known_topics = await self._transport.topic_names()
+        self._topics_checked_at = time.monotonic()
+
+    async def _check_topic(self, topic: str) -> None:
+        if topic in self._known_topics:
+            return
+        if time.monotonic() - self._topics_checked_at > _TOPIC_REFRESH_S:
+            await self._refresh_topics()
+        if topic not in self._known_topics:
+            reason = f"topic {topic!r} does not exist on the broker; create it with `eventbus topics apply`"
+            raise UnknownTopicError(topic, reason=reason)
+
+    def _stamp(self, event: Event) -> Event:
+        meta = event.metadata
+        updates: dict[str, Any] = {}
+        if "service" not in meta.model_fields_set:
+            updates["service"] = self.config.service
+        if "version" not in meta.model_fields_set:
+            updates["version"] = self.config.service_version
+        if meta.correlation_id is None and (correlation := current_correlation_id()) is not None:
+            updates["correlation_id"] = correlation
+        if meta.causation_id is None and (causation := current_causation_id()) is not None:
+            updates["causation_id"] = causation
+        if not updates:
+            return event
+        fields_set = meta.model_fields_set | updates.keys()
+        new_meta = meta.model_copy(update=updates)
+        object.__setattr__(new_meta, "__pydantic_fields_set__", fields_set)
+        return event.model_copy(update={"metadata": new_meta})
+
+    def prepare(self, event: Event) -> tuple[OutgoingRecord, Event]:
+        """The record ``event`` becomes, and the event as sent (metadata completed).
+
+        Raises before anything is sent: ``UnknownEventTypeError``,
+        ``EncodeError``, ``MessageTooLargeError``.
+        """
+        spec: EventSpec = self.catalog.spec_for(event)
+        event = self._stamp(event)
+        value = self._codec.encode_with(spec, event)
+        if len(value) > self.config.max_message_bytes:
+            raise MessageTooLargeError(len(value), self.config.max_message_bytes, spec.event_type)
+        meta = event.metadata
+        headers = [("event-type", self._type_headers[spec.event_type]), ("event-id", str(meta.event_id).encode())]
+        if meta.correlation_id is not None:
+            headers.append(("correlation-id", meta.correlation_id.encode()))
+        if meta.causation_id is not None:
+            headers.append(("causation-id", str(meta.causation_id).encode()))
+        key = spec.key_of(event).encode()
+        return OutgoingRecord(self._topic_names[spec.event_type], key, value, headers), event
+
+    async def _enqueue(self, event: Event) -> tuple[asyncio.Future[Delivery], Event]:
+        if not self._started:
+            raise PublishFailedError("the publisher is not started (use `async with`)", retriable=False)
+        record, sent = self.prepare(event)
+        await self._check_topic(record.topic)
+        return await self._transport.enqueue(record), sent
+
+    async def _settle(self, future: asyncio.Future[Delivery], event: Event) -> PublishResult:
+        try:
+            delivery = await asyncio.wait_for(future, timeout=self.config.delivery_timeout_s)
+        except TimeoutError as exc:
+            waited = self.config.delivery_timeout_s
+            msg = f"no acknowledgement for {event.event_type} {event.event_id} within {waited:g} s"
+            raise PublishTimeoutError(msg) from exc
+        return PublishResult(delivery.topic, delivery.partition, delivery.offset, event.event_id, event.event_type)
+
+    async def publish(self, event: Event) -> PublishResult:
+        """Publish one event and wait for the broker's acknowledgement.
+
+        Example: ``result = await publisher.publish(SessionCreated(...))``
+        """
+        future, sent = await self._enqueue(event)
+        return await self._settle(future, sent)
+
+    async def publish_many(self, events: list[Event]) -> list[PublishResult]:
+        """Publish several events and wait for all acknowledgements; all are checked before any is sent."""
+        prepared = [self.prepare(event) for event in events]
+        if not self._started:
+            raise PublishFailedError("the publisher is not started (use `async with`)", retriable=False)
+        for topic in {record.topic for record, _ in prepared}:
+            await self._check_topic(topic)
+        futures = [(await self._transport.enqueue(record), sent) for record, sent in prepared]
+        return [await self._settle(future, sent) for future, sent in futures]
+
+    async def send(self, event: Event) -> UUID:
+        """Fire and forget: buffer the event and return its id without waiting for the broker.
+
+        Waits only when ``max_buffered_records`` are unacknowledged. Failures are
+        raised by the next ``flush()``. Example: ``await publisher.send(event)``
+        """
+        await self._buffer.acquire()
+        try:
+            future, sent = await self._enqueue(event)
+        except BaseException:
+            self._buffer.release()
+            raise
+        event_id = sent.event_id
+        self._pending.add(future)
+        future.add_done_callback(lambda done: self._on_sent(done, event_id))
+        return event_id
+
+    def _on_sent(self, future: asyncio.Future[Delivery], event_id: UUID) -> None:
+        self._pending.discard(future)
+        self._buffer.release()
+        if future.cancelled():
+            self._record_failure(event_id, PublishFailedError("send was cancelled", retriable=True))
+            return
+        exc = future.exception()
+        if exc is not None:
+            error = exc if isinstance(exc, EventBusError) else PublishFailedError(repr(exc))
+            self._record_failure(event_id, error)
+
+    def _record_failure(self, event_id: UUID, error: EventBusError) -> None:
+        self._failure_count += 1
+        if len(self._failures) < _MAX_KEPT_FAILURES:
+            self._failures.append((event_id, error))
+
+    @property
+    def pending(self) -> int:
+        """Events given to ``send`` and not yet acknowledged."""
+        return len(self._pending)
+
+    async def flush(self) -> None:
+        """Wait until every ``send`` is acknowledged; raise ``PublishFailedError`` listing the failures."""
+        if not self._started:
+            return
+        await self._transport.flush()
+        if self._pending:
+            _, not_done = await asyncio.wait(set(self._pending), timeout=self.config.delivery_timeout_s)
+            if not_done:
+                msg = f"{len(not_done)} events not acknowledged within {self.config.delivery_timeout_s:g} s"
+                raise PublishTimeoutError(msg)
+        if self._failure_count:
+            failures, count = self._failures, self._failure_count
+            self._failures, self._failure_count = [], 0
+            first_id, first = failures[0]
+            raise PublishFailedError(
+                f"{count} events were not delivered; first {first_id}: {first.message}",
+                retriable=all(err.retriable for _, err in failures),
+                failures=list(failures),
+            ) from first

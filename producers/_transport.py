@@ -1,0 +1,53 @@
+"""The one I/O seam of the publisher: something that takes records and acknowledges them."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["Delivery", "OutgoingRecord", "ProducerTransport"]
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingRecord:
+    """A record ready for the wire."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Where the broker stored a record."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class ProducerTransport(Protocol):
+    """What the publisher needs from a Kafka client.
+
+    ``KafkaProducerTransport`` talks to a broker; ``InMemoryBroker.producer()``
+    is the fake for fast tests. Both raise only ``schemas.errors`` types.
+    """
+
+    async def start(self) -> None:
+        """Connect; ``BrokerUnavailableError`` when no broker answers in time."""
+
+    async def stop(self) -> None:
+        """Deliver what is buffered (bounded by the delivery timeout) and disconnect."""
+
+    async def topic_names(self) -> set[str]:
+        """The topics that exist on the broker (never creates one)."""
+        ...
+
+    async def enqueue(self, record: OutgoingRecord) -> asyncio.Future[Delivery]:
+        """Buffer a record, waiting for room; the future resolves when it is acknowledged."""
+        ...
+
+    async def flush(self) -> None:
+        """Send everything buffered now."""
