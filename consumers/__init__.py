@@ -1,3 +1,56 @@
-"""eventbus consumers."""
+"""eventbus consumers: at-least-once consumer groups on a shared runtime.
 
-__all__: list[str] = []
+Example::
+
+    from consumers import ConsumerGroup, HandlerContext
+    credits = ConsumerGroup("credits")
+
+    @credits.handler(SessionCompleted)
+    async def deduct(event: SessionCompleted, ctx: HandlerContext) -> None: ...
+"""
+
+from ._app import group_id, run_groups
+from ._config import ConsumerConfig, RuntimeConfig
+from ._context import FOLLOW_UP_NAMESPACE, HandlerContext, follow_up_id
+from ._database import Database, Migration, async_url
+from ._dead_letter import REPLAY_HEADER, build_dead_letter
+from ._group import ConsumerGroup, GroupRegistry, Handler
+from ._kafka import KafkaConsumerTransport
+from ._memory import InMemoryConsumerTransport
+from ._metrics import RuntimeMetrics, default_metrics
+from ._retry import backoff_delay, is_retriable
+from ._runner import GroupRunner
+from ._store import PROCESSED_EVENTS_MIGRATION, Effects, ProcessedEventStore
+from ._transport import ConsumedRecord, ConsumerTransport, PartitionsCallback, TopicPartition
+
+__all__ = [
+    "FOLLOW_UP_NAMESPACE",
+    "PROCESSED_EVENTS_MIGRATION",
+    "REPLAY_HEADER",
+    "ConsumedRecord",
+    "ConsumerConfig",
+    "ConsumerGroup",
+    "ConsumerTransport",
+    "Database",
+    "Effects",
+    "GroupRegistry",
+    "GroupRunner",
+    "Handler",
+    "HandlerContext",
+    "InMemoryConsumerTransport",
+    "KafkaConsumerTransport",
+    "Migration",
+    "PartitionsCallback",
+    "ProcessedEventStore",
+    "RuntimeConfig",
+    "RuntimeMetrics",
+    "TopicPartition",
+    "async_url",
+    "backoff_delay",
+    "build_dead_letter",
+    "default_metrics",
+    "follow_up_id",
+    "group_id",
+    "is_retriable",
+    "run_groups",
+]

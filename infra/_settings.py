@@ -8,12 +8,13 @@ from typing import Any, Literal, TypeVar
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from consumers import ConsumerConfig, RuntimeConfig
 from producers import KafkaConnection, PublisherConfig
 from schemas.errors import ConfigurationError
 
 __all__ = ["Profile", "Settings", "load_settings"]
 
-_Config = TypeVar("_Config", KafkaConnection, PublisherConfig)
+_Config = TypeVar("_Config", KafkaConnection, PublisherConfig, ConsumerConfig, RuntimeConfig)
 
 Profile = Literal["kafka", "embedded"]
 
@@ -60,6 +61,20 @@ class Settings(BaseSettings):
 
     replication_factor: int | None = Field(default=None, ge=1)
     """None: 3 for the kafka profile, 1 for embedded."""
+
+    database_url: str = Field(default="sqlite:///eventbus.sqlite", repr=False)
+    """PostgreSQL (``postgresql://...``) or SQLite (``sqlite:///file``): dedup store and the groups' tables."""
+
+    consumer_session_timeout_ms: int | None = Field(default=None, ge=1000)
+    """None: 45 000 for the kafka profile, 6 000 for embedded (it reassigns only after this timeout)."""
+    consumer_heartbeat_interval_ms: int | None = Field(default=None, ge=100)
+    """None: 3 000 for the kafka profile, 500 for embedded."""
+    consumer_auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    concurrency: int = Field(default=4, ge=1)
+    max_attempts: int = Field(default=3, ge=1)
+    backoff_initial_s: float = Field(default=0.2, ge=0)
+    backoff_max_s: float = Field(default=10.0, ge=0)
+    shutdown_timeout_s: float = Field(default=15.0, gt=0)
 
     @property
     def idempotence(self) -> bool:
@@ -108,6 +123,31 @@ class Settings(BaseSettings):
             delivery_timeout_s=self.delivery_timeout_s,
         )
 
+    def consumer_config(self) -> ConsumerConfig:
+        """Group membership settings, after the profile defaults."""
+        embedded = self.profile == "embedded"
+        session = self.consumer_session_timeout_ms or (6_000 if embedded else 45_000)
+        heartbeat = self.consumer_heartbeat_interval_ms or (500 if embedded else 3_000)
+        return _build(
+            ConsumerConfig,
+            auto_offset_reset=self.consumer_auto_offset_reset,
+            session_timeout_ms=session,
+            heartbeat_interval_ms=heartbeat,
+        )
+
+    def runtime_config(self, **overrides: Any) -> RuntimeConfig:
+        """Dispatch, retry and shutdown settings; ``overrides`` (e.g. from the command line) win."""
+        fields: dict[str, Any] = {
+            "concurrency": self.concurrency,
+            "max_attempts": self.max_attempts,
+            "backoff_initial_s": self.backoff_initial_s,
+            "backoff_max_s": self.backoff_max_s,
+            "shutdown_timeout_s": self.shutdown_timeout_s,
+            "commit_timeout_s": self.request_timeout_s,
+        }
+        fields.update({name: value for name, value in overrides.items() if value is not None})
+        return _build(RuntimeConfig, **fields)
+
     def describe(self) -> dict[str, Any]:
         """Every setting with its effective value, secrets masked (for ``eventbus settings``)."""
         values = self.model_dump()
@@ -118,7 +158,20 @@ class Settings(BaseSettings):
                 values[name] = str(value)
         values["producer_idempotence"] = self.idempotence
         values["replication_factor"] = self.replication
+        values["database_url"] = _mask_url(self.database_url)
+        consumer = self.consumer_config()
+        values["consumer_session_timeout_ms"] = consumer.session_timeout_ms
+        values["consumer_heartbeat_interval_ms"] = consumer.heartbeat_interval_ms
         return values
+
+
+def _mask_url(url: str) -> str:
+    """The URL with any password replaced by asterisks."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:**********@{host}"
 
 
 def _build(kind: type[_Config], **fields: Any) -> _Config:

@@ -70,6 +70,8 @@ class InMemoryBroker:
 
     topics: dict[str, list[list[StoredRecord]]] = field(default_factory=dict)
     available: bool = True
+    group_offsets: dict[str, dict[tuple[str, int], int]] = field(default_factory=dict)
+    """Committed offsets by consumer group, then (topic, partition)."""
     _round_robin: int = 0
 
     def create_topic(self, name: str, partitions: int = 1) -> None:

@@ -171,5 +171,6 @@ class Event(_Frozen):
 
         Example: ``event.with_metadata(correlation_id="req-42")``
         """
-        meta = EventMetadata.model_validate({**self.metadata.model_dump(), **fields})
+        current = self.metadata.model_dump(include=self.metadata.model_fields_set)
+        meta = EventMetadata.model_validate({**current, **fields})  # unset fields stay unset, for the publisher
         return self.model_copy(update={"metadata": meta})

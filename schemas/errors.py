@@ -13,6 +13,10 @@ escapes the public API.
     ├── MessageTooLargeError           the encoded record exceeds the client-side limit
     ├── ConfigurationError             settings that cannot work
     │   └── IdempotenceUnsupportedError    the broker refused InitProducerId
+    ├── HandlerError                   raised by handlers to say how a failure is to be treated
+    │   ├── RetriableHandlerError          retriable=True: try again (then dead-letter)
+    │   └── FatalHandlerError              straight to the dead-letter topic
+    ├── StorageError                   the database or cache failed (retriable unless stated)
     ├── SerializationError
     │   ├── EncodeError                a valid model that Avro could not write
     │   └── DecodeError                bytes that are not an event we can read
@@ -21,7 +25,8 @@ escapes the public API.
     └── BrokerError                    retriable=True
         ├── BrokerUnavailableError     no broker answered within the timeout
         ├── PublishTimeoutError        no acknowledgement within the timeout
-        └── PublishFailedError         the broker refused the record
+        ├── PublishFailedError         the broker refused the record
+        └── CommitFailedError          offsets could not be committed (they will be redelivered)
 
 Example::
 
@@ -36,17 +41,22 @@ from __future__ import annotations
 __all__ = [
     "BrokerError",
     "BrokerUnavailableError",
+    "CommitFailedError",
     "ConfigurationError",
     "CorruptMessageError",
     "DecodeError",
     "EncodeError",
     "EventBusError",
     "EventValidationError",
+    "FatalHandlerError",
+    "HandlerError",
     "IdempotenceUnsupportedError",
     "MessageTooLargeError",
     "PublishFailedError",
     "PublishTimeoutError",
+    "RetriableHandlerError",
     "SerializationError",
+    "StorageError",
     "UnknownEventTypeError",
     "UnknownSchemaError",
     "UnknownTopicError",
@@ -124,6 +134,29 @@ class IdempotenceUnsupportedError(ConfigurationError):
     """The broker refused InitProducerId, so an idempotent producer cannot start."""
 
 
+class HandlerError(EventBusError):
+    """Raised by a handler to say how its failure is to be treated."""
+
+
+class RetriableHandlerError(HandlerError):
+    """A transient failure: the runtime retries with backoff, then dead-letters.
+
+    Example: ``raise RetriableHandlerError("gateway busy")``
+    """
+
+    retriable = True
+
+
+class FatalHandlerError(HandlerError):
+    """A failure that retrying cannot fix (a business rule): straight to the dead-letter topic."""
+
+
+class StorageError(EventBusError):
+    """The database or the cache failed; retriable unless the error says otherwise."""
+
+    retriable = True
+
+
 class SerializationError(EventBusError):
     """Converting between an event and bytes failed."""
 
@@ -174,3 +207,7 @@ class PublishFailedError(BrokerError):
     ) -> None:
         super().__init__(message, retriable=retriable)
         self.failures = failures or []
+
+
+class CommitFailedError(BrokerError):
+    """Offsets could not be committed; the records will be delivered again."""

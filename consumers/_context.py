@@ -1,0 +1,114 @@
+"""What a handler gets besides the event: where it came from, and a way to publish follow-ups."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, TypeVar
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from producers import EventPublisher, PublishResult
+from schemas import Event
+from schemas.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from ._store import Effects, ProcessedEventStore
+
+__all__ = ["FOLLOW_UP_NAMESPACE", "HandlerContext", "follow_up_id"]
+
+E = TypeVar("E", bound=Event)
+
+FOLLOW_UP_NAMESPACE = uuid5(NAMESPACE_URL, "https://eventbus.coaching/follow-up")
+"""UUIDv5 namespace of follow-up event ids."""
+
+
+def follow_up_id(group: str, source_id: UUID, event_type: str, index: int) -> UUID:
+    """The event id of the ``index``-th follow-up of ``event_type`` that ``group`` publishes for ``source_id``.
+
+    The same on every redelivery, so downstream consumers deduplicate it.
+    Example: ``follow_up_id("credits", event.event_id, "user:credits_updated", 0)``
+    """
+    return uuid5(FOLLOW_UP_NAMESPACE, f"{group}/{source_id}/{event_type}/{index}")
+
+
+class HandlerContext:
+    """Where the event came from, which attempt this is, and how to publish follow-ups.
+
+    ``publish`` gives each follow-up a deterministic event id, ``causation_id`` =
+    this event's id and this event's correlation id.
+    Example: ``await ctx.publish(UserCreditsUpdated(...))``
+    """
+
+    __slots__ = (
+        "_counts",
+        "_publisher",
+        "_store",
+        "attempt",
+        "event",
+        "group",
+        "headers",
+        "key",
+        "offset",
+        "partition",
+        "topic",
+    )
+
+    def __init__(
+        self,
+        *,
+        group: str,
+        event: Event,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        headers: Sequence[tuple[str, bytes]],
+        attempt: int,
+        publisher: EventPublisher,
+        store: ProcessedEventStore | None = None,
+    ) -> None:
+        self.group = group
+        self.event = event
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.key = key
+        self.headers = headers
+        self.attempt = attempt
+        self._publisher = publisher
+        self._store = store
+        self._counts: Counter[str] = Counter()
+
+    @property
+    def correlation_id(self) -> str:
+        """The flow's correlation id (the event's own id when it started the flow)."""
+        return self.event.metadata.correlation_id or str(self.event.metadata.event_id)
+
+    def follow_up(self, event: E) -> E:
+        """``event`` with the metadata of a follow-up of this context's event (see ``follow_up_id``)."""
+        index = self._counts[event.event_type]
+        self._counts[event.event_type] = index + 1
+        source = self.event.metadata
+        return event.with_metadata(
+            event_id=follow_up_id(self.group, source.event_id, event.event_type, index),
+            causation_id=source.event_id,
+            correlation_id=self.correlation_id,
+        )
+
+    async def publish(self, event: Event) -> PublishResult:
+        """Publish a follow-up and wait for the broker's acknowledgement."""
+        return await self._publisher.publish(self.follow_up(event))
+
+    def effects(self) -> Effects:
+        """A transaction that records (group, event id) with the handler's writes: effects happen once.
+
+        Example::
+
+            async with ctx.effects() as tx:
+                if tx.first_time:
+                    await tx.execute("UPDATE ...", {...})
+        """
+        if self._store is None:
+            msg = f"group {self.group} runs without a processed-events store (EVENTBUS_DATABASE_URL)"
+            raise ConfigurationError(msg)
+        return self._store.effects(self.group, self.event.event_id)

@@ -1,0 +1,95 @@
+"""The relational database of the consumers: PostgreSQL, or SQLite as the embedded default."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from schemas.errors import ConfigurationError, StorageError
+
+__all__ = ["Database", "Migration", "async_url"]
+
+
+def async_url(url: str) -> str:
+    """The SQLAlchemy async URL for a plain one (``postgresql://``, ``sqlite:///file``).
+
+    Example: ``async_url("postgresql://127.0.0.1/test") == "postgresql+asyncpg://127.0.0.1/test"``
+    """
+    for plain, driver in (
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(plain):
+            return driver + url[len(plain) :]
+    if url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+        return url
+    msg = f"unsupported database URL {url.split('://', maxsplit=1)[0]}://…: use postgresql:// or sqlite:///"
+    raise ConfigurationError(msg)
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One numbered schema change; applied once, in order, recorded in ``eventbus_migrations``."""
+
+    version: int
+    name: str
+    statements: Sequence[str]
+
+
+class Database:
+    """An async engine plus versioned migrations. Example: ``db = Database("sqlite:///eventbus.sqlite")``"""
+
+    def __init__(self, url: str) -> None:
+        self.url = async_url(url)
+        self.dialect = "postgresql" if self.url.startswith("postgresql") else "sqlite"
+        self._engine: AsyncEngine = create_async_engine(self.url, pool_pre_ping=self.dialect == "postgresql")
+
+    def __repr__(self) -> str:
+        return f"Database({self._engine.url.render_as_string(hide_password=True)!r})"
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction: committed when the block ends, rolled back on error."""
+        try:
+            async with self._engine.begin() as conn:
+                yield conn
+        except DBAPIError as exc:
+            raise StorageError(f"database error: {exc.orig!r}", retriable=bool(exc.connection_invalidated)) from exc
+        except (SQLAlchemyError, OSError) as exc:
+            raise StorageError(f"database error: {exc!r}") from exc
+
+    async def migrate(self, migrations: Sequence[Migration]) -> list[int]:
+        """Apply the migrations not applied yet; returns the versions applied now."""
+        applied: list[int] = []
+        async with self.begin() as conn:
+            await conn.execute(
+                text(
+                    "CREATE TABLE IF NOT EXISTS eventbus_migrations ("
+                    " version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+                    " applied_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP)"
+                )
+            )
+            if self.dialect == "postgresql":  # several processes may start at once
+                await conn.execute(text("LOCK TABLE eventbus_migrations IN EXCLUSIVE MODE"))
+            done = {row[0] for row in await conn.execute(text("SELECT version FROM eventbus_migrations"))}
+            for migration in sorted(migrations, key=lambda m: m.version):
+                if migration.version in done:
+                    continue
+                for statement in migration.statements:
+                    await conn.execute(text(statement))
+                await conn.execute(
+                    text("INSERT INTO eventbus_migrations (version, name) VALUES (:v, :n)"),
+                    {"v": migration.version, "n": migration.name},
+                )
+                applied.append(migration.version)
+        return applied
+
+    async def close(self) -> None:
+        """Close every pooled connection."""
+        await self._engine.dispose()

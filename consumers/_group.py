@@ -1,0 +1,122 @@
+"""Declaring a consumer group: a name and its handlers per event type."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from schemas import CATALOG, Catalog, Event
+from schemas.errors import ConfigurationError, UnknownEventTypeError
+
+if TYPE_CHECKING:
+    from ._context import HandlerContext
+
+__all__ = ["ConsumerGroup", "GroupRegistry", "Handler"]
+
+E = TypeVar("E", bound=Event)
+Handler = Callable[[Any, "HandlerContext"], Awaitable[None]]
+"""``async def handle(event, ctx) -> None``."""
+
+
+class ConsumerGroup:
+    """A named group of handlers; every process running it shares the partitions.
+
+    Example::
+
+        credits = ConsumerGroup("credits")
+
+        @credits.handler(SessionCompleted)
+        async def deduct(event: SessionCompleted, ctx: HandlerContext) -> None: ...
+    """
+
+    def __init__(
+        self, name: str, *, catalog: Catalog = CATALOG, retriable: tuple[type[BaseException], ...] = ()
+    ) -> None:
+        if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            msg = f"invalid group name {name!r}: use letters, digits, '-', '_' and '.'"
+            raise ConfigurationError(msg)
+        self.name = name
+        self.catalog = catalog
+        self.retriable = retriable
+        """Exception types (beyond timeouts and connection errors) that the runtime retries."""
+        self._handlers: dict[str, Handler] = {}
+
+    def __repr__(self) -> str:
+        return f"ConsumerGroup({self.name!r}, handles={sorted(self._handlers)})"
+
+    def handler(
+        self, *event_types: type[Event] | str
+    ) -> Callable[[Callable[[E, HandlerContext], Awaitable[None]]], Any]:
+        """Register the decorated coroutine for event models or type patterns (``"session:*"``, ``"*"``)."""
+        names = self._resolve(event_types)
+
+        def register(func: Callable[[E, HandlerContext], Awaitable[None]]) -> Any:
+            for name in names:
+                if name in self._handlers:
+                    msg = f"group {self.name} already has a handler for {name}"
+                    raise ConfigurationError(msg)
+                self._handlers[name] = func
+            return func
+
+        return register
+
+    def add(self, event_type: type[Event] | str, func: Handler) -> None:
+        """Register ``func`` without the decorator."""
+        self.handler(event_type)(func)
+
+    def _resolve(self, event_types: Iterable[type[Event] | str]) -> list[str]:
+        names: list[str] = []
+        for item in event_types:
+            if isinstance(item, str):
+                matched = [spec.event_type for spec in self.catalog.matching(item)]
+                if not matched:
+                    raise UnknownEventTypeError(item, list(self.catalog.event_types))
+                names.extend(matched)
+            else:
+                names.append(self.catalog.spec(item.event_type).event_type)
+        return names
+
+    def handler_for(self, event_type: str) -> Handler | None:
+        """The handler of an event type, if the group has one."""
+        return self._handlers.get(event_type)
+
+    @property
+    def event_types(self) -> tuple[str, ...]:
+        """The handled event types, in catalog order."""
+        return tuple(t for t in self.catalog.event_types if t in self._handlers)
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """The entity topics (without prefix) the group subscribes to."""
+        return tuple(dict.fromkeys(self.catalog.spec(t).topic for t in self.event_types))
+
+
+class GroupRegistry:
+    """Groups by name, for ``eventbus run NAME``. Example: ``registry.add(credits)``"""
+
+    def __init__(self, groups: Iterable[ConsumerGroup] = ()) -> None:
+        self._groups: dict[str, ConsumerGroup] = {}
+        for group in groups:
+            self.add(group)
+
+    def add(self, group: ConsumerGroup) -> ConsumerGroup:
+        """Register a group; names are unique."""
+        if group.name in self._groups:
+            msg = f"group {group.name} registered twice"
+            raise ConfigurationError(msg)
+        self._groups[group.name] = group
+        return group
+
+    def get(self, name: str) -> ConsumerGroup:
+        """The group called ``name``; ``ConfigurationError`` listing known names otherwise."""
+        try:
+            return self._groups[name]
+        except KeyError:
+            msg = f"unknown consumer group {name!r}; known: {', '.join(sorted(self._groups)) or 'none'}"
+            raise ConfigurationError(msg) from None
+
+    def __iter__(self) -> Iterator[ConsumerGroup]:
+        return iter(self._groups.values())
+
+    def __len__(self) -> int:
+        return len(self._groups)

@@ -1,0 +1,124 @@
+"""The aiokafka-backed consumer transport."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka import TopicPartition as KafkaTopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+
+from producers import KafkaConnection, connect_with_retry
+from schemas.errors import BrokerError, CommitFailedError
+
+from ._config import ConsumerConfig
+from ._transport import ConsumedRecord, PartitionsCallback, TopicPartition
+
+__all__ = ["KafkaConsumerTransport"]
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, on_assigned: PartitionsCallback, on_revoked: PartitionsCallback) -> None:
+        self._on_assigned = on_assigned
+        self._on_revoked = on_revoked
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self._on_revoked({TopicPartition(tp.topic, tp.partition) for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self._on_assigned({TopicPartition(tp.topic, tp.partition) for tp in assigned})
+
+
+class KafkaConsumerTransport:
+    """A group member built on aiokafka's consumer, committing only what it is told to.
+
+    Example: ``KafkaConsumerTransport(connection, ConsumerConfig(), group_id="credits")``
+    """
+
+    def __init__(self, connection: KafkaConnection, config: ConsumerConfig, *, group_id: str) -> None:
+        self._connection = connection
+        self._config = config
+        self.group_id = group_id
+        self._consumer: AIOKafkaConsumer | None = None
+
+    def _running(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            msg = "the consumer is not started"
+            raise BrokerError(msg, retriable=False)
+        return self._consumer
+
+    async def start(self, topics: list[str], on_assigned: PartitionsCallback, on_revoked: PartitionsCallback) -> None:
+        """Connect (retrying up to the connect timeout) and subscribe."""
+        config = self._config
+        consumer = AIOKafkaConsumer(
+            **self._connection.client_options(),
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=config.auto_offset_reset,
+            session_timeout_ms=config.session_timeout_ms,
+            heartbeat_interval_ms=config.heartbeat_interval_ms,
+            max_poll_interval_ms=config.max_poll_interval_ms,
+            rebalance_timeout_ms=config.rebalance_timeout_ms,
+            max_partition_fetch_bytes=config.max_partition_fetch_bytes,
+            fetch_max_bytes=config.fetch_max_bytes,
+        )
+        try:
+            await connect_with_retry(consumer.start, self._connection, f"consumer group {self.group_id}")
+            consumer.subscribe(topics=topics, listener=_Listener(on_assigned, on_revoked))
+        except BaseException:
+            await consumer.stop()
+            raise
+        self._consumer = consumer
+
+    async def stop(self) -> None:
+        """Leave the group (bounded by the request timeout) and close."""
+        consumer, self._consumer = self._consumer, None
+        if consumer is None:
+            return
+        try:
+            await asyncio.wait_for(consumer.stop(), timeout=self._connection.request_timeout_s)
+        except (KafkaError, TimeoutError):
+            return  # the broker will expire the membership after the session timeout
+
+    async def fetch(self, timeout_s: float, max_records: int) -> dict[TopicPartition, list[ConsumedRecord]]:
+        """One ``getmany`` round."""
+        try:
+            batch = await self._running().getmany(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        except KafkaError as exc:
+            raise BrokerError(f"fetch failed: {exc!r}", retriable=True) from exc
+        return batch  # type: ignore[no-any-return]
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit, bounded by the request timeout (a broker that lost its state can hang commits)."""
+        kafka_offsets = {KafkaTopicPartition(tp.topic, tp.partition): offset for tp, offset in offsets.items()}
+        try:
+            await asyncio.wait_for(self._running().commit(kafka_offsets), timeout=self._connection.request_timeout_s)
+        except (KafkaError, TimeoutError) as exc:
+            raise CommitFailedError(f"commit of {len(offsets)} partitions failed: {exc!r}") from exc
+
+    async def committed(self, partition: TopicPartition) -> int | None:
+        """The group's committed offset for a partition."""
+        tp = KafkaTopicPartition(partition.topic, partition.partition)
+        try:
+            value = await asyncio.wait_for(self._running().committed(tp), timeout=self._connection.request_timeout_s)
+        except (KafkaError, TimeoutError) as exc:
+            raise BrokerError(f"reading the committed offset failed: {exc!r}") from exc
+        return None if value is None else int(value)
+
+    def pause(self, partitions: set[TopicPartition]) -> None:
+        """Stop fetching these partitions."""
+        self._running().pause(*(KafkaTopicPartition(tp.topic, tp.partition) for tp in partitions))
+
+    def resume(self, partitions: set[TopicPartition]) -> None:
+        """Fetch these partitions again (ignores partitions no longer assigned)."""
+        consumer = self._running()
+        assigned = consumer.assignment()
+        wanted = [KafkaTopicPartition(tp.topic, tp.partition) for tp in partitions]
+        consumer.resume(*(tp for tp in wanted if tp in assigned))
+
+    def highwater(self, partition: TopicPartition) -> int | None:
+        """End offset as reported by the last fetch (the embedded broker's ``end_offsets`` is wrong)."""
+        value = self._running().highwater(KafkaTopicPartition(partition.topic, partition.partition))
+        return None if value is None else int(value)

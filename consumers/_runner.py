@@ -1,0 +1,384 @@
+"""Running one consumer group: fetch, dispatch in order, retry, dead-letter, commit watermarks.
+
+The delivery invariants (shared/DELIVERY-INVARIANTS.md) this module keeps:
+a partition's committed offset is 1 + the last offset whose record is done
+(handled, or its dead letter acknowledged); records of one partition run one
+at a time, in order; fetched-not-done records are bounded per partition and in
+all (partitions are paused, not buffered); revocation and shutdown stop
+dispatching, wait (bounded) for handlers in flight and commit what is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from datetime import UTC, datetime
+from typing import Any
+
+from producers import EventPublisher, caused_by
+from schemas import AvroCodec, Event
+from schemas.errors import BrokerError, CommitFailedError, DecodeError, EventBusError
+
+from ._config import RuntimeConfig
+from ._context import HandlerContext
+from ._dead_letter import build_dead_letter
+from ._group import ConsumerGroup
+from ._metrics import RuntimeMetrics, default_metrics
+from ._retry import backoff_delay, is_retriable
+from ._store import ProcessedEventStore
+from ._transport import ConsumedRecord, ConsumerTransport, TopicPartition
+
+__all__ = ["GroupRunner"]
+
+log = logging.getLogger("eventbus.consumer")
+
+
+class _Partition:
+    """Dispatch state of one assigned partition."""
+
+    __slots__ = ("committed", "done_offset", "paused", "queue", "stopped", "task", "tp", "wakeup")
+
+    def __init__(self, tp: TopicPartition) -> None:
+        self.tp = tp
+        self.queue: deque[ConsumedRecord] = deque()
+        self.done_offset: int | None = None  # 1 + offset of the last done record
+        self.committed: int | None = None
+        self.paused = False
+        self.stopped = False
+        self.wakeup = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+
+class GroupRunner:
+    """Runs one group on one transport until ``stop`` is set.
+
+    Example::
+
+        runner = GroupRunner(group, transport=transport, publisher=publisher, topic_prefix="")
+        await runner.run(stop_event)
+    """
+
+    def __init__(
+        self,
+        group: ConsumerGroup,
+        *,
+        transport: ConsumerTransport,
+        publisher: EventPublisher,
+        config: RuntimeConfig | None = None,
+        codec: AvroCodec | None = None,
+        store: ProcessedEventStore | None = None,
+        metrics: RuntimeMetrics | None = None,
+    ) -> None:
+        self.group = group
+        self.config = config or RuntimeConfig()
+        self._transport = transport
+        self._publisher = publisher
+        self._codec = codec or AvroCodec(group.catalog)
+        self._store = store
+        self._metrics = metrics or default_metrics()
+        self._parts: dict[TopicPartition, _Partition] = {}
+        self._slots = asyncio.Semaphore(self.config.concurrency)
+        self._buffered = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        self._stop = asyncio.Event()
+        self._stopping = False
+        self.assigned = asyncio.Event()
+        """Set once the group has given this member its first assignment (tests wait on it)."""
+        self._consumed = self._metrics.consumed.labels(group.name)
+        self._by_type: dict[str, tuple[Any, Any, Any, Any]] = {}
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Consume until ``stop`` is set, then shut down gracefully (invariant 9)."""
+        if stop is not None:
+            self._stop = stop
+        topics = [self._publisher.connection.topic(topic) for topic in self.group.topics]
+        await self._transport.start(topics, self._on_assigned, self._on_revoked)
+        log.info("group started", extra={"group": self.group.name, "topics": topics})
+        try:
+            await self._fetch_loop()
+        finally:
+            await self._shutdown()
+
+    async def _fetch_loop(self) -> None:
+        config = self.config
+        next_commit = time.monotonic() + config.commit_interval_s
+        while not self._stop.is_set():
+            if self._buffered >= config.max_buffered_total:
+                self._room.clear()
+                await _wait_any(self._room, self._stop, wait_s=config.fetch_timeout_s)
+            else:
+                try:
+                    batch = await self._transport.fetch(config.fetch_timeout_s, config.fetch_max_records)
+                except BrokerError as exc:
+                    log.warning("fetch failed, retrying: %s", exc, extra={"group": self.group.name})
+                    await _wait_any(self._stop, wait_s=1.0)
+                    continue
+                for tp, records in batch.items():
+                    self._enqueue(tp, records)
+            if time.monotonic() >= next_commit:
+                await self._commit(list(self._parts.values()))
+                next_commit = time.monotonic() + config.commit_interval_s
+
+    def _enqueue(self, tp: TopicPartition, records: list[ConsumedRecord]) -> None:
+        part = self._parts.get(tp)
+        if part is None or part.stopped:
+            return  # no longer ours: the next owner reads them from the committed offset
+        part.queue.extend(records)
+        self._buffered += len(records)
+        self._consumed.inc(len(records))
+        if not part.paused and len(part.queue) >= self.config.max_buffered_per_partition:
+            part.paused = True
+            self._transport.pause({tp})
+        part.wakeup.set()
+
+    async def _shutdown(self) -> None:
+        self._stopping = True
+        parts = list(self._parts.values())
+        await self._stop_partitions(parts, self.config.shutdown_timeout_s)
+        await self._commit(parts)
+        self._parts.clear()
+        await self._transport.stop()
+        log.info("group stopped", extra={"group": self.group.name})
+
+    # -- rebalance -----------------------------------------------------------
+
+    async def _on_assigned(self, tps: set[TopicPartition]) -> None:
+        for tp in tps:
+            if tp in self._parts:
+                continue
+            part = _Partition(tp)
+            part.task = asyncio.create_task(self._dispatch(part), name=f"{self.group.name}:{tp.topic}:{tp.partition}")
+            self._parts[tp] = part
+        self.assigned.set()
+        log.info("partitions assigned", extra={"group": self.group.name, "partitions": sorted(tps)})
+
+    async def _on_revoked(self, tps: set[TopicPartition]) -> None:
+        parts = [self._parts[tp] for tp in tps if tp in self._parts]
+        await self._stop_partitions(parts, self.config.revoke_timeout_s)
+        await self._commit(parts)
+        for part in parts:
+            self._parts.pop(part.tp, None)
+        log.info("partitions revoked", extra={"group": self.group.name, "partitions": sorted(tps)})
+
+    async def _stop_partitions(self, parts: list[_Partition], wait_s: float) -> None:
+        """Stop dispatching; wait up to ``wait_s`` for handlers in flight; abandon the rest (invariant 6)."""
+        for part in parts:
+            part.stopped = True
+            part.wakeup.set()
+        tasks = [part.task for part in parts if part.task is not None and not part.task.done()]
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=wait_s)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
+                log.warning(
+                    "handlers still running after %.1f s were abandoned; their records will be redelivered",
+                    wait_s,
+                    extra={"group": self.group.name},
+                )
+        for part in parts:
+            self._buffered -= len(part.queue)
+            part.queue.clear()
+        self._room.set()
+
+    # -- dispatch ------------------------------------------------------------
+
+    async def _dispatch(self, part: _Partition) -> None:
+        """Handle the partition's records one at a time, in offset order (invariant 3)."""
+        resume_below = self.config.max_buffered_per_partition // 2
+        while not part.stopped:
+            if not part.queue:
+                part.wakeup.clear()
+                await part.wakeup.wait()
+                continue
+            record = part.queue[0]
+            async with self._slots:
+                if part.stopped:
+                    return
+                done = await self._process(record)
+            if not done:
+                return  # abandoned during shutdown: not committed, redelivered later
+            part.queue.popleft()
+            part.done_offset = record.offset + 1
+            self._buffered -= 1
+            if part.paused and len(part.queue) <= resume_below:
+                part.paused = False
+                self._transport.resume({part.tp})
+            if self._buffered < self.config.max_buffered_total:
+                self._room.set()
+
+    def _labels(self, event_type: str) -> tuple[Any, Any, Any, Any]:
+        labels = self._by_type.get(event_type)
+        if labels is None:
+            m, name = self._metrics, self.group.name
+            labels = (
+                m.handled.labels(name, event_type),
+                m.failed.labels(name, event_type),
+                m.retried.labels(name, event_type),
+                m.latency.labels(name, event_type),
+            )
+            self._by_type[event_type] = labels
+        return labels
+
+    async def _process(self, record: ConsumedRecord) -> bool:
+        """Handle one record; True when it is done (handled, skipped, or dead-lettered)."""
+        try:
+            spec, fields = self._codec.decode_dict(record.value or b"")
+            event = self._codec.decode_dict_as_event(spec, fields)
+        except DecodeError as exc:
+            now = datetime.now(UTC)
+            return await self._dead_letter(
+                record, exc, attempts=0, first_failure=now, last_failure=now, event=None, reason="undecodable"
+            )
+        handler = self.group.handler_for(spec.event_type)
+        if handler is None:
+            return True
+        handled, failed, retried, latency = self._labels(spec.event_type)
+        first_failure: datetime | None = None
+        attempt = 0
+        while True:
+            attempt += 1
+            context = HandlerContext(
+                group=self.group.name,
+                event=event,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                key=record.key,
+                headers=record.headers,
+                attempt=attempt,
+                publisher=self._publisher,
+                store=self._store,
+            )
+            started = time.perf_counter()
+            try:
+                with caused_by(event):
+                    await handler(event, context)
+            except Exception as exc:  # noqa: BLE001 - the handler boundary: every failure is classified
+                failed.inc()
+                now = datetime.now(UTC)
+                first_failure = first_failure or now
+                retry = is_retriable(exc, self.group.retriable) and attempt < self.config.max_attempts
+                if not retry:
+                    return await self._dead_letter(
+                        record,
+                        exc,
+                        attempts=attempt,
+                        first_failure=first_failure,
+                        last_failure=now,
+                        event=event,
+                        reason="failed",
+                    )
+                retried.inc()
+                if not await self._pause(backoff_delay(attempt, self.config)):
+                    return False
+            else:
+                latency.observe(time.perf_counter() - started)
+                handled.inc()
+                return True
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep between retries; False when shutdown began meanwhile (the record is then abandoned)."""
+        await _wait_any(self._stop, wait_s=seconds)
+        return not self._stopping and not self._stop.is_set()
+
+    async def _dead_letter(
+        self,
+        record: ConsumedRecord,
+        error: BaseException,
+        *,
+        attempts: int,
+        first_failure: datetime,
+        last_failure: datetime,
+        event: Event | None,
+        reason: str,
+    ) -> bool:
+        """Publish the dead letter; the record is done only once the broker acknowledged it (invariant 2)."""
+        if record.topic == self._publisher.connection.topic("system"):
+            # A dead letter that fails again is not dead-lettered twice (that could loop); it stays where it is.
+            log.error(
+                "handler failed on a dead letter; skipping it",
+                extra={"group": self.group.name, "offset": record.offset, "error": repr(error)},
+            )
+            return True
+        letter = build_dead_letter(
+            group=self.group.name,
+            record=record,
+            error=error,
+            attempts=attempts,
+            first_failure_at=first_failure,
+            last_failure_at=last_failure,
+            event=event,
+        )
+        log.warning(
+            "dead-lettering record: %s: %s",
+            type(error).__name__,
+            error,
+            extra={
+                "group": self.group.name,
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "event_type": event.event_type if event else None,
+                "event_id": str(event.event_id) if event else None,
+            },
+        )
+        while True:
+            try:
+                await self._publisher.publish(letter)
+            except EventBusError as exc:
+                log.error(  # noqa: TRY400 - the traceback adds nothing; the partition's progress stops here
+                    "DEAD LETTER NOT ACKNOWLEDGED; partition %s:%s stalls until it is: %s",
+                    record.topic,
+                    record.partition,
+                    exc,
+                    extra={"group": self.group.name, "offset": record.offset},
+                )
+                if not await self._pause(self.config.dead_letter_retry_s):
+                    return False
+            else:
+                self._metrics.dead_lettered.labels(self.group.name, reason).inc()
+                return True
+
+    # -- commits -------------------------------------------------------------
+
+    async def _commit(self, parts: list[_Partition]) -> None:
+        """Commit each partition's watermark that moved (invariant 1); failures are logged, not fatal."""
+        offsets = {
+            part.tp: part.done_offset
+            for part in parts
+            if part.done_offset is not None and part.done_offset != part.committed
+        }
+        if not offsets:
+            return
+        try:
+            await self._transport.commit(offsets)
+        except CommitFailedError as exc:
+            log.warning("commit failed; records after the last commit will be redelivered: %s", exc)
+            return
+        for part in parts:
+            if part.tp in offsets:
+                part.committed = offsets[part.tp]
+
+    def watermarks(self) -> dict[TopicPartition, int | None]:
+        """The done watermark of each assigned partition (what the next commit will say)."""
+        return {tp: part.done_offset for tp, part in self._parts.items()}
+
+
+async def _wait_any(*events: asyncio.Event, wait_s: float) -> None:
+    """Wait until one of ``events`` is set, at most ``wait_s`` seconds."""
+    waiters = [asyncio.create_task(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*waiters, return_exceptions=True)

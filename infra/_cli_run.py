@@ -1,0 +1,98 @@
+"""``eventbus run``: run consumer groups in the foreground."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import signal
+
+import click
+
+from consumers import ConsumerGroup, Database, GroupRegistry, ProcessedEventStore, run_groups
+from consumers._builtin import BUILTIN_GROUPS
+from schemas.errors import ConfigurationError, EventBusError
+
+from ._logging import configure_logging
+from ._settings import load_settings
+
+__all__ = ["load_registry", "run"]
+
+
+def load_registry(app: str | None) -> GroupRegistry:
+    """The built-in groups, or the ones at ``module:attribute`` (a GroupRegistry or a ConsumerGroup)."""
+    if app is None:
+        return BUILTIN_GROUPS
+    module_name, _, attribute = app.partition(":")
+    try:
+        target = getattr(importlib.import_module(module_name), attribute or "REGISTRY")
+    except (ImportError, AttributeError) as exc:
+        msg = f"cannot load --app {app}: {exc}"
+        raise ConfigurationError(msg) from exc
+    if isinstance(target, ConsumerGroup):
+        return GroupRegistry([target])
+    if not isinstance(target, GroupRegistry):
+        msg = f"--app {app} is a {type(target).__name__}, not a GroupRegistry or ConsumerGroup"
+        raise ConfigurationError(msg)
+    return target
+
+
+async def _serve(names: tuple[str, ...], app: str | None, concurrency: int | None) -> None:
+    settings = load_settings()
+    registry = load_registry(app)
+    groups = [registry.get(name) for name in names]
+    database = Database(settings.database_url)
+    store = ProcessedEventStore(database)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():  # the second signal: leave now; uncommitted records are redelivered
+            os._exit(128 + signum)
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await store.migrate()
+        await run_groups(
+            groups,
+            connection=settings.connection(),
+            publisher_config=settings.publisher_config(service=f"eventbus-{'-'.join(names)}"),
+            consumer_config=settings.consumer_config(),
+            runtime_config=settings.runtime_config(concurrency=concurrency),
+            stop=stop,
+            store=store,
+        )
+    finally:
+        await database.close()
+
+
+@click.command()
+@click.argument("groups", nargs=-1, required=True)
+@click.option("--concurrency", type=click.IntRange(1, 1024), help="Partitions handled at once per group.")
+@click.option("--app", help="module:attribute of a GroupRegistry or ConsumerGroup (default: the built-in groups).")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), help="Serve Prometheus metrics on this port.")
+@click.option("--log-level", default="INFO", show_default=True)
+@click.option("--log-format", type=click.Choice(["json", "text"]), default="json", show_default=True)
+def run(
+    groups: tuple[str, ...],
+    concurrency: int | None,
+    app: str | None,
+    metrics_port: int | None,
+    log_level: str,
+    log_format: str,
+) -> None:
+    """Run consumer GROUPS until SIGTERM/SIGINT (a second signal exits at once).
+
+    Several processes running the same group share its partitions.
+    """
+    configure_logging(level=log_level, json_format=log_format == "json")
+    if metrics_port is not None:
+        from prometheus_client import start_http_server  # noqa: PLC0415 - only when asked
+
+        start_http_server(metrics_port, addr="127.0.0.1")
+    try:
+        asyncio.run(_serve(groups, app, concurrency))
+    except EventBusError as exc:
+        raise click.ClickException(exc.message) from exc
