@@ -14,14 +14,18 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     field_validator,
     model_validator,
 )
+
+from .errors import EventValidationError
 
 __all__ = [
     "AvroInt",
     "AvroLong",
     "CoachStatus",
+    "Count",
     "CreditsReason",
     "EntityId",
     "Event",
@@ -36,7 +40,11 @@ _CENT = Decimal("0.01")
 
 
 def _to_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        msg = "timestamp is out of range once converted to UTC"
+        raise ValueError(msg) from None
 
 
 def _to_cents(value: Decimal) -> Decimal:
@@ -46,13 +54,16 @@ def _to_cents(value: Decimal) -> Decimal:
 AvroInt = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
 """An Avro ``int``: 32-bit signed."""
 
+Count = Annotated[int, Field(ge=0, le=2**31 - 1)]
+"""A non-negative Avro ``int`` (a count, a balance, a cost in credits)."""
+
 AvroLong = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 """An Avro ``long``: 64-bit signed."""
 
 Timestamp = Annotated[AwareDatetime, AfterValidator(_to_utc)]
 """A timezone-aware instant, normalised to UTC (Avro ``timestamp-micros``)."""
 
-Money = Annotated[Decimal, Field(max_digits=12, decimal_places=2), AfterValidator(_to_cents)]
+Money = Annotated[Decimal, Field(max_digits=12, decimal_places=2, allow_inf_nan=False), AfterValidator(_to_cents)]
 """An amount of money (Avro ``decimal(12, 2)``), never a float."""
 
 EntityId = Annotated[str, Field(min_length=1, max_length=200)]
@@ -172,5 +183,12 @@ class Event(_Frozen):
         Example: ``event.with_metadata(correlation_id="req-42")``
         """
         current = self.metadata.model_dump(include=self.metadata.model_fields_set)
-        meta = EventMetadata.model_validate({**current, **fields})  # unset fields stay unset, for the publisher
+        try:
+            meta = EventMetadata.model_validate({**current, **fields})  # unset fields stay unset, for the publisher
+        except ValidationError as exc:
+            errors = [(".".join(("metadata", *map(str, e["loc"]))), e["msg"]) for e in exc.errors()]
+            raise EventValidationError(self.event_type, errors) from exc
+        if meta.event_type != self.event_type:
+            problem = f"event_type {meta.event_type!r} does not match {self.event_type!r}"
+            raise EventValidationError(self.event_type, [("metadata.event_type", problem)])
         return self.model_copy(update={"metadata": meta})

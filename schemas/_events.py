@@ -10,12 +10,13 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ._base import (
     AvroInt,
     AvroLong,
     CoachStatus,
+    Count,
     CreditsReason,
     EntityId,
     Event,
@@ -67,7 +68,7 @@ class SessionCreated(Event, event_type="session:created"):
     user_id: EntityId
     scheduled_at: Timestamp
     session_type: str
-    cost_credits: AvroInt = Field(ge=0)
+    cost_credits: Count
     duration_minutes: AvroInt = 60
     coach_name: str | None = None
     client_name: str | None = None
@@ -101,7 +102,7 @@ class SessionCompleted(Event, event_type="session:completed"):
     session_id: EntityId
     coach_id: EntityId
     user_id: EntityId
-    cost_credits: AvroInt = Field(ge=0)
+    cost_credits: Count
     completed_at: Timestamp
     duration_minutes: AvroInt | None = None
 
@@ -133,7 +134,7 @@ class CoachRatingUpdated(Event, event_type="coach:rating_updated"):
 
     coach_id: EntityId
     new_rating: float = Field(ge=0, le=5)
-    review_count: AvroInt = Field(ge=0)
+    review_count: Count
     previous_rating: float | None = Field(default=None, ge=0, le=5)
     review_id: str | None = None
 
@@ -165,19 +166,23 @@ class PaymentProcessRequired(Event, event_type="payment:process_required"):
         if isinstance(data, dict) and data.get("priority") is None and "amount" in data:
             try:
                 amount = Decimal(str(data["amount"]))
+                high = amount.is_finite() and amount > HIGH_PRIORITY_AMOUNT
             except ArithmeticError:
                 return data  # the amount's own validation names the problem
-            high = amount > HIGH_PRIORITY_AMOUNT
             return {**data, "priority": PaymentPriority.HIGH if high else PaymentPriority.NORMAL}
         return data
 
-    @model_validator(mode="after")
-    def _check_priority(self) -> PaymentProcessRequired:
-        expected = PaymentPriority.HIGH if self.amount > HIGH_PRIORITY_AMOUNT else PaymentPriority.NORMAL
-        if self.priority is not expected:
-            msg = f"priority must be {expected.value} for an amount of {self.amount}"
+    @field_validator("priority")
+    @classmethod
+    def _check_priority(cls, priority: PaymentPriority, info: ValidationInfo) -> PaymentPriority:
+        amount = info.data.get("amount")
+        if amount is None:
+            return priority  # the amount is invalid and reported on its own
+        expected = PaymentPriority.HIGH if amount > HIGH_PRIORITY_AMOUNT else PaymentPriority.NORMAL
+        if priority is not expected:
+            msg = f"priority must be {expected.value} for an amount of {amount}"
             raise ValueError(msg)
-        return self
+        return priority
 
 
 class PaymentProcessed(Event, event_type="payment:processed"):
@@ -251,7 +256,7 @@ class UserCreditsUpdated(Event, event_type="user:credits_updated"):
 
     user_id: EntityId
     delta: AvroInt
-    balance: AvroInt = Field(ge=0)
+    balance: Count
     reason: CreditsReason
     session_id: str | None = None
 
@@ -288,6 +293,6 @@ class SystemErrorEvent(Event, event_type="system:error"):
     error_type: str
     error_message: str
     error_traceback: str | None = None
-    attempts: AvroInt = Field(ge=0)
+    attempts: Count
     first_failure_at: Timestamp
     last_failure_at: Timestamp
