@@ -21,6 +21,7 @@ from aiokafka.errors import (
 from schemas.errors import (
     BrokerError,
     BrokerUnavailableError,
+    ConfigurationError,
     EventBusError,
     IdempotenceUnsupportedError,
     MessageTooLargeError,
@@ -98,7 +99,11 @@ class KafkaProducerTransport:
 
     async def start(self) -> None:
         """Connect (retrying up to the connect timeout) and, if asked, register as idempotent."""
-        producer = self._new_producer()
+        try:
+            producer = self._new_producer()
+        except (RuntimeError, ValueError, AssertionError) as exc:  # aiokafka's checks of its own arguments
+            msg = f"cannot create the producer: {exc}"
+            raise ConfigurationError(msg) from exc
         try:
             await connect_with_retry(producer.start, self._connection, "producer")
         except UnknownError as exc:

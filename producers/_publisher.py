@@ -188,6 +188,23 @@ class EventPublisher:
         future, sent = await self._enqueue(event)
         return await self._settle(future, sent)
 
+    async def publish_record(self, record: OutgoingRecord) -> Delivery:
+        """Publish raw bytes (for example a dead letter's original record, replayed) and wait for the ack.
+
+        The topic must exist and the value respect ``max_message_bytes``; the bytes are not decoded.
+        """
+        if not self._started:
+            raise PublishFailedError("the publisher is not started (use `async with`)", retriable=False)
+        if len(record.value) > self.config.max_message_bytes:
+            raise MessageTooLargeError(len(record.value), self.config.max_message_bytes)
+        await self._check_topic(record.topic)
+        future = await self._transport.enqueue(record)
+        try:
+            return await asyncio.wait_for(future, timeout=self.config.delivery_timeout_s)
+        except TimeoutError as exc:
+            msg = f"no acknowledgement for a record to {record.topic} within {self.config.delivery_timeout_s:g} s"
+            raise PublishTimeoutError(msg) from exc
+
     async def publish_many(self, events: list[Event]) -> list[PublishResult]:
         """Publish several events and wait for all acknowledgements; all are checked before any is sent."""
         prepared = [self.prepare(event) for event in events]
