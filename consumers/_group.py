@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from schemas import CATALOG, Catalog, Event
 from schemas.errors import ConfigurationError, UnknownEventTypeError
 
 if TYPE_CHECKING:
+    from producers import EventPublisher
+
     from ._context import HandlerContext
 
-__all__ = ["ConsumerGroup", "GroupRegistry", "Handler"]
+__all__ = ["BackgroundTask", "ConsumerGroup", "GroupRegistry", "Handler"]
 
 E = TypeVar("E", bound=Event)
 Handler = Callable[[Any, "HandlerContext"], Awaitable[None]]
 """``async def handle(event, ctx) -> None``."""
+BackgroundTask = Callable[["EventPublisher", asyncio.Event], Coroutine[Any, Any, None]]
+"""``async def work(publisher, stop) -> None``: runs beside the handlers until ``stop`` is set."""
 
 
 class ConsumerGroup:
@@ -40,6 +45,7 @@ class ConsumerGroup:
         self.retriable = retriable
         """Exception types (beyond timeouts and connection errors) that the runtime retries."""
         self._handlers: dict[str, Handler] = {}
+        self.background_tasks: list[BackgroundTask] = []
 
     def __repr__(self) -> str:
         return f"ConsumerGroup({self.name!r}, handles={sorted(self._handlers)})"
@@ -59,6 +65,14 @@ class ConsumerGroup:
             return func
 
         return register
+
+    def background(self, func: BackgroundTask) -> BackgroundTask:
+        """Run ``func(publisher, stop)`` beside the handlers while the group runs (a decorator).
+
+        Shutdown sets ``stop`` and waits for it within the shutdown timeout.
+        """
+        self.background_tasks.append(func)
+        return func
 
     def add(self, event_type: type[Event] | str, func: Handler) -> None:
         """Register ``func`` without the decorator."""

@@ -100,10 +100,14 @@ class GroupRunner:
         topics = [self._publisher.connection.topic(topic) for topic in self.group.topics]
         await self._transport.start(topics, self._on_assigned, self._on_revoked)
         log.info("group started", extra={"group": self.group.name, "topics": topics})
+        background: list[asyncio.Task[None]] = [
+            asyncio.create_task(work(self._publisher, self._stop), name=f"{self.group.name}:background")
+            for work in self.group.background_tasks
+        ]
         try:
             await self._fetch_loop()
         finally:
-            await self._shutdown()
+            await self._shutdown(background)
 
     async def _fetch_loop(self) -> None:
         config = self.config
@@ -137,10 +141,18 @@ class GroupRunner:
             self._transport.pause({tp})
         part.wakeup.set()
 
-    async def _shutdown(self) -> None:
+    async def _shutdown(self, background: list[asyncio.Task[None]]) -> None:
         self._stopping = True
+        self._stop.set()
         parts = list(self._parts.values())
         await self._stop_partitions(parts, self.config.shutdown_timeout_s)
+        if background:
+            _, late = await asyncio.wait(background, timeout=self.config.shutdown_timeout_s)
+            for task in late:
+                task.cancel()
+            for task in background:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    log.error("background task failed: %r", task.exception(), extra={"group": self.group.name})
         await self._commit(parts)
         self._parts.clear()
         await self._transport.stop()

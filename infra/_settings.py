@@ -9,12 +9,13 @@ from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from consumers import ConsumerConfig, RuntimeConfig
+from consumers._resources import GroupSettings
 from producers import KafkaConnection, PublisherConfig
 from schemas.errors import ConfigurationError
 
 __all__ = ["Profile", "Settings", "load_settings"]
 
-_Config = TypeVar("_Config", KafkaConnection, PublisherConfig, ConsumerConfig, RuntimeConfig)
+_Config = TypeVar("_Config", KafkaConnection, PublisherConfig, ConsumerConfig, RuntimeConfig, GroupSettings)
 
 Profile = Literal["kafka", "embedded"]
 
@@ -64,6 +65,18 @@ class Settings(BaseSettings):
 
     database_url: str = Field(default="sqlite:///eventbus.sqlite", repr=False)
     """PostgreSQL (``postgresql://...``) or SQLite (``sqlite:///file``): dedup store and the groups' tables."""
+
+    redis_url: str | None = Field(default=None, repr=False)
+    """Redis for the cache group (``redis://host:6379/0``); unset: an in-process cache (embedded default)."""
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+    smtp_sender: str = "notifications@coaching.example"
+    gateway_latency_s: float = Field(default=0.05, ge=0)
+    gateway_failure_rate: float = Field(default=0.05, ge=0, le=1)
+    payment_workers: int = Field(default=4, ge=1)
 
     consumer_session_timeout_ms: int | None = Field(default=None, ge=1000)
     """None: 45 000 for the kafka profile, 6 000 for embedded (it reassigns only after this timeout)."""
@@ -148,6 +161,21 @@ class Settings(BaseSettings):
         fields.update({name: value for name, value in overrides.items() if value is not None})
         return _build(RuntimeConfig, **fields)
 
+    def group_settings(self) -> GroupSettings:
+        """Settings of the built-in groups (SMTP, payment gateway)."""
+        return _build(
+            GroupSettings,
+            smtp_host=self.smtp_host,
+            smtp_port=self.smtp_port,
+            smtp_username=self.smtp_username,
+            smtp_password=self.smtp_password,
+            smtp_starttls=self.smtp_starttls,
+            smtp_sender=self.smtp_sender,
+            gateway_latency_s=self.gateway_latency_s,
+            gateway_failure_rate=self.gateway_failure_rate,
+            payment_workers=self.payment_workers,
+        )
+
     def describe(self) -> dict[str, Any]:
         """Every setting with its effective value, secrets masked (for ``eventbus settings``)."""
         values = self.model_dump()
@@ -159,6 +187,7 @@ class Settings(BaseSettings):
         values["producer_idempotence"] = self.idempotence
         values["replication_factor"] = self.replication
         values["database_url"] = _mask_url(self.database_url)
+        values["redis_url"] = _mask_url(self.redis_url) if self.redis_url else None
         consumer = self.consumer_config()
         values["consumer_session_timeout_ms"] = consumer.session_timeout_ms
         values["consumer_heartbeat_interval_ms"] = consumer.heartbeat_interval_ms
