@@ -20,6 +20,7 @@ from aiokafka.errors import (
 
 from schemas.errors import (
     BrokerError,
+    BrokerTimeoutError,
     BrokerUnavailableError,
     ConfigurationError,
     EventBusError,
@@ -35,13 +36,16 @@ from ._transport import Delivery, OutgoingRecord
 __all__ = ["KafkaProducerTransport", "connect_with_retry", "convert_kafka_error"]
 
 
-def convert_kafka_error(exc: BaseException, action: str) -> EventBusError:
-    """Our error for an aiokafka one (keep it as ``__cause__`` with ``raise ... from exc``)."""
+def convert_kafka_error(exc: BaseException, action: str, *, publishing: bool = False) -> EventBusError:
+    """Our error for an aiokafka one (keep it as ``__cause__`` with ``raise ... from exc``).
+
+    Timeouts become ``PublishTimeoutError`` when ``publishing``, else ``BrokerTimeoutError``.
+    """
     if isinstance(exc, EventBusError):
         return exc
     detail = f"{action}: {type(exc).__name__}: {exc}"
-    if isinstance(exc, (KafkaTimeoutError, RequestTimedOutError, asyncio.TimeoutError)):
-        return PublishTimeoutError(detail)
+    if isinstance(exc, (KafkaTimeoutError, RequestTimedOutError, TimeoutError)):
+        return PublishTimeoutError(detail) if publishing else BrokerTimeoutError(detail)
     if isinstance(exc, (KafkaConnectionError, NodeNotReadyError)):
         return BrokerUnavailableError(detail)
     if isinstance(exc, MessageSizeTooLargeError):
@@ -115,7 +119,7 @@ class KafkaProducerTransport:
                     "EVENTBUS_PRODUCER_IDEMPOTENCE=false (or EVENTBUS_PROFILE=embedded)"
                 )
                 raise IdempotenceUnsupportedError(msg) from exc
-            raise convert_kafka_error(exc, "starting the producer") from exc
+            raise convert_kafka_error(exc, "starting the producer", publishing=True) from exc
         except BaseException:
             await producer.stop()
             raise
@@ -129,7 +133,7 @@ class KafkaProducerTransport:
         try:
             await asyncio.wait_for(producer.stop(), timeout=self._config.delivery_timeout_s)
         except (TimeoutError, KafkaError) as exc:
-            raise convert_kafka_error(exc, "stopping the producer") from exc
+            raise convert_kafka_error(exc, "stopping the producer", publishing=True) from exc
 
     def _running(self) -> AIOKafkaProducer:
         if self._producer is None:
@@ -155,7 +159,7 @@ class KafkaProducerTransport:
         try:
             sent = await producer.send(record.topic, record.value, key=record.key, headers=record.headers)
         except KafkaError as exc:
-            raise convert_kafka_error(exc, f"sending to {record.topic}") from exc
+            raise convert_kafka_error(exc, f"sending to {record.topic}", publishing=True) from exc
         result: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
         sent.add_done_callback(lambda done: _settle(done, result, record.topic))
         return result
@@ -165,7 +169,7 @@ class KafkaProducerTransport:
         try:
             await asyncio.wait_for(self._running().flush(), timeout=self._config.delivery_timeout_s)
         except (TimeoutError, KafkaError) as exc:
-            raise convert_kafka_error(exc, "flushing") from exc
+            raise convert_kafka_error(exc, "flushing", publishing=True) from exc
 
 
 def _settle(sent: asyncio.Future[Any], result: asyncio.Future[Delivery], topic: str) -> None:
@@ -176,7 +180,7 @@ def _settle(sent: asyncio.Future[Any], result: asyncio.Future[Delivery], topic: 
         return
     exc = sent.exception()
     if exc is not None:
-        error = convert_kafka_error(exc, f"delivering to {topic}")
+        error = convert_kafka_error(exc, f"delivering to {topic}", publishing=True)
         error.__cause__ = exc
         result.set_exception(error)
         return

@@ -43,6 +43,7 @@ from ._events import (
 )
 from .errors import (
     BrokerError,
+    BrokerTimeoutError,
     BrokerUnavailableError,
     CommitFailedError,
     ConfigurationError,
@@ -70,6 +71,7 @@ __all__ = [
     "HIGH_PRIORITY_AMOUNT",
     "AvroCodec",
     "BrokerError",
+    "BrokerTimeoutError",
     "BrokerUnavailableError",
     "CacheCoachDataRefreshed",
     "Catalog",

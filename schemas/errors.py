@@ -24,7 +24,8 @@ escapes the public API.
     │       └── CorruptMessageError        bad magic, truncated or malformed body
     └── BrokerError                    retriable=True
         ├── BrokerUnavailableError     no broker answered within the timeout
-        ├── PublishTimeoutError        no acknowledgement within the timeout
+        ├── BrokerTimeoutError         a request got no answer within the timeout
+        │   └── PublishTimeoutError        no acknowledgement of a record within the timeout
         ├── PublishFailedError         the broker refused the record
         └── CommitFailedError          offsets could not be committed (they will be redelivered)
 
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 __all__ = [
     "BrokerError",
+    "BrokerTimeoutError",
     "BrokerUnavailableError",
     "CommitFailedError",
     "ConfigurationError",
@@ -191,7 +193,11 @@ class BrokerUnavailableError(BrokerError):
     """No broker answered within the configured timeout."""
 
 
-class PublishTimeoutError(BrokerError):
+class BrokerTimeoutError(BrokerError):
+    """A request (metadata, fetch, admin) got no answer within the timeout."""
+
+
+class PublishTimeoutError(BrokerTimeoutError):
     """The broker did not acknowledge the record within the timeout."""
 
 
