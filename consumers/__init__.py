@@ -10,23 +10,29 @@ Example::
 """
 
 from ._app import group_id, run_groups
+from ._builtin import BUILTIN_GROUP_NAMES, builtin_groups, builtin_migrations
+from ._cache import Cache, MemoryCache, RedisCache, open_cache
 from ._config import ConsumerConfig, RuntimeConfig
 from ._context import FOLLOW_UP_NAMESPACE, HandlerContext, follow_up_id
 from ._database import Database, Migration, async_url
 from ._dead_letter import REPLAY_HEADER, build_dead_letter
-from ._group import ConsumerGroup, GroupRegistry, Handler
+from ._group import BackgroundTask, ConsumerGroup, GroupRegistry, Handler
 from ._kafka import KafkaConsumerTransport
 from ._memory import InMemoryConsumerTransport
 from ._metrics import RuntimeMetrics, default_metrics
+from ._resources import GroupSettings, Resources
 from ._retry import backoff_delay, is_retriable
 from ._runner import GroupRunner
 from ._store import PROCESSED_EVENTS_MIGRATION, Effects, ProcessedEventStore
 from ._transport import ConsumedRecord, ConsumerTransport, PartitionsCallback, TopicPartition
 
 __all__ = [
+    "BUILTIN_GROUP_NAMES",
     "FOLLOW_UP_NAMESPACE",
     "PROCESSED_EVENTS_MIGRATION",
     "REPLAY_HEADER",
+    "BackgroundTask",
+    "Cache",
     "ConsumedRecord",
     "ConsumerConfig",
     "ConsumerGroup",
@@ -35,22 +41,29 @@ __all__ = [
     "Effects",
     "GroupRegistry",
     "GroupRunner",
+    "GroupSettings",
     "Handler",
     "HandlerContext",
     "InMemoryConsumerTransport",
     "KafkaConsumerTransport",
+    "MemoryCache",
     "Migration",
     "PartitionsCallback",
     "ProcessedEventStore",
+    "RedisCache",
+    "Resources",
     "RuntimeConfig",
     "RuntimeMetrics",
     "TopicPartition",
     "async_url",
     "backoff_delay",
     "build_dead_letter",
+    "builtin_groups",
+    "builtin_migrations",
     "default_metrics",
     "follow_up_id",
     "group_id",
     "is_retriable",
+    "open_cache",
     "run_groups",
 ]

@@ -20,11 +20,12 @@ def _register() -> None:
     # Imported here so each command module can import `main`-free helpers only.
     from ._cli_broker import broker  # noqa: PLC0415
     from ._cli_events import history, publish, show_settings, tail  # noqa: PLC0415
+    from ._cli_ops import dlq, stats  # noqa: PLC0415
     from ._cli_run import run  # noqa: PLC0415
     from ._cli_schemas import schemas  # noqa: PLC0415
     from ._cli_topics import topics  # noqa: PLC0415
 
-    for command in (broker, topics, schemas, publish, tail, history, show_settings, run):
+    for command in (broker, topics, schemas, publish, tail, history, show_settings, run, dlq, stats):
         main.add_command(command)
 
 

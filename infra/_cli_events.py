@@ -18,7 +18,7 @@ from producers import EventPublisher, PublishResult
 from schemas import CATALOG, Event
 from schemas.errors import UnknownTopicError
 
-from ._cli_schemas import EXIT_INVALID_INPUT, cli_errors, console, echo_json, fail, spec_or_exit
+from ._cli_common import EXIT_INVALID_INPUT, cli_errors, console, echo_json, fail, spec_or_exit
 from ._reader import ReadRecord, read_history, tail_records
 from ._settings import Settings, load_settings
 

@@ -9,8 +9,18 @@ import signal
 
 import click
 
-from consumers import ConsumerGroup, Database, GroupRegistry, ProcessedEventStore, run_groups
-from consumers._builtin import BUILTIN_GROUPS
+from consumers import (
+    PROCESSED_EVENTS_MIGRATION,
+    ConsumerGroup,
+    Database,
+    GroupRegistry,
+    ProcessedEventStore,
+    Resources,
+    builtin_groups,
+    builtin_migrations,
+    open_cache,
+    run_groups,
+)
 from schemas.errors import ConfigurationError, EventBusError
 
 from ._logging import configure_logging
@@ -19,16 +29,22 @@ from ._settings import load_settings
 __all__ = ["load_registry", "run"]
 
 
-def load_registry(app: str | None) -> GroupRegistry:
-    """The built-in groups, or the ones at ``module:attribute`` (a GroupRegistry or a ConsumerGroup)."""
+def load_registry(app: str | None, resources: Resources) -> GroupRegistry:
+    """The built-in groups, or the ones at ``module:attribute``.
+
+    The attribute is a GroupRegistry, a ConsumerGroup, or a callable taking
+    the ``Resources`` and returning either.
+    """
     if app is None:
-        return BUILTIN_GROUPS
+        return builtin_groups(resources)
     module_name, _, attribute = app.partition(":")
     try:
         target = getattr(importlib.import_module(module_name), attribute or "REGISTRY")
     except (ImportError, AttributeError) as exc:
         msg = f"cannot load --app {app}: {exc}"
         raise ConfigurationError(msg) from exc
+    if callable(target) and not isinstance(target, (ConsumerGroup, GroupRegistry)):
+        target = target(resources)
     if isinstance(target, ConsumerGroup):
         return GroupRegistry([target])
     if not isinstance(target, GroupRegistry):
@@ -39,9 +55,10 @@ def load_registry(app: str | None) -> GroupRegistry:
 
 async def _serve(names: tuple[str, ...], app: str | None, concurrency: int | None) -> None:
     settings = load_settings()
-    registry = load_registry(app)
-    groups = [registry.get(name) for name in names]
     database = Database(settings.database_url)
+    resources = Resources(database=database, cache=open_cache(settings.redis_url), settings=settings.group_settings())
+    registry = load_registry(app, resources)
+    groups = [registry.get(name) for name in names]
     store = ProcessedEventStore(database)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -54,7 +71,7 @@ async def _serve(names: tuple[str, ...], app: str | None, concurrency: int | Non
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
-        await store.migrate()
+        await database.migrate(builtin_migrations() if app is None else [PROCESSED_EVENTS_MIGRATION])
         await run_groups(
             groups,
             connection=settings.connection(),
@@ -65,6 +82,7 @@ async def _serve(names: tuple[str, ...], app: str | None, concurrency: int | Non
             store=store,
         )
     finally:
+        await resources.cache.close()
         await database.close()
 
 

@@ -4,90 +4,25 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
-import sys
 import types
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
 from enum import Enum
-from typing import Annotated, Any, NoReturn, Union, get_args, get_origin
+from typing import Annotated, Any, Union, get_args, get_origin
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 import click
 from pydantic import AwareDatetime, BaseModel, FutureDatetime, NaiveDatetime, PastDatetime
 from pydantic.fields import FieldInfo
-from rich.console import Console
 from rich.table import Table
 
 from schemas import CATALOG, EventSpec
-from schemas.errors import EventBusError, EventValidationError, UnknownEventTypeError
+from schemas.errors import EventValidationError
 
+from ._cli_common import cli_errors, console, echo_json, spec_or_exit
 from ._settings import load_settings
 
-__all__ = [
-    "EXIT_FAILURE",
-    "EXIT_INVALID_INPUT",
-    "cli_errors",
-    "console",
-    "echo_json",
-    "example_payload",
-    "fail",
-    "schemas",
-    "spec_or_exit",
-]
-
-_PIPE_WIDTH = 200
-EXIT_FAILURE = 1
-EXIT_INVALID_INPUT = 2
-
-
-def fail(message: str, *, code: int = EXIT_FAILURE) -> NoReturn:
-    """Print ``error: message`` on stderr and leave with ``code`` (no traceback)."""
-    click.echo(f"error: {message}", err=True)
-    raise click.exceptions.Exit(code)
-
-
-@contextmanager
-def cli_errors() -> Iterator[None]:
-    """Turn eventbus errors into a clean message: exit 2 for invalid input, 1 for everything else.
-
-    aiokafka's own log lines (each failed connection attempt) are kept off the
-    terminal: the error that ends the command says what went wrong.
-    """
-    client_log = logging.getLogger("aiokafka")
-    if not client_log.handlers:
-        client_log.addHandler(logging.NullHandler())
-    try:
-        yield
-    except EventValidationError as exc:
-        details = "".join(f"\n  {path}: {problem}" for path, problem in exc.errors)
-        fail(f"{exc.message}{details}\ninvalid fields: {', '.join(exc.fields)}", code=EXIT_INVALID_INPUT)
-    except UnknownEventTypeError as exc:
-        fail(exc.message, code=EXIT_INVALID_INPUT)
-    except EventBusError as exc:
-        fail(exc.message)
-
-
-def echo_json(value: Any, *, indent: int | None = None) -> None:
-    """Print one JSON document on stdout (one line unless ``indent`` is given)."""
-    click.echo(json.dumps(value, indent=indent, ensure_ascii=False))
-
-
-def spec_or_exit(event_type: str) -> EventSpec:
-    """The catalog spec of ``event_type``; exit 2 naming the known types when there is none."""
-    with cli_errors():
-        return CATALOG.spec(event_type)
-
-
-def console() -> Console:
-    """A rich console on the current stdout (created per call, so test runners can capture it).
-
-    Not a terminal (a pipe, a file): wide enough that tables are not cut at 80 columns.
-    """
-    return Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else _PIPE_WIDTH)
-
+__all__ = ["example_payload", "schemas"]
 
 # -- example payloads ---------------------------------------------------------------------------
 

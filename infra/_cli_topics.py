@@ -7,7 +7,7 @@ import asyncio
 import click
 from rich.table import Table
 
-from ._cli_schemas import cli_errors, console, echo_json
+from ._cli_common import cli_errors, console, echo_json
 from ._settings import load_settings
 from ._topics import apply_topics, describe_topics
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import time
+from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -28,7 +29,15 @@ from producers import KafkaConnection, connect_with_retry, convert_kafka_error
 from schemas import CATALOG, AvroCodec, Event
 from schemas.errors import BrokerError, CorruptMessageError, DecodeError, UnknownTopicError
 
-__all__ = ["ReadRecord", "existing_topics", "read_history", "tail_records"]
+__all__ = [
+    "ReadRecord",
+    "count_event_types",
+    "existing_topics",
+    "partition_ends",
+    "read_all",
+    "read_history",
+    "tail_records",
+]
 
 _POLL_MS = 500
 _FETCH_WAIT_MS = 200
@@ -366,3 +375,61 @@ async def read_history(
     merged = [record for window in windows.values() for record in window.matched]
     merged.sort(key=lambda r: (r.timestamp_ms, r.topic, r.partition, r.offset))
     return merged[-count:]
+
+
+async def partition_ends(
+    connection: KafkaConnection, entities: Sequence[str] | None = None
+) -> dict[TopicPartition, tuple[int, int]]:
+    """(first offset, high watermark) of every partition of the entity topics, from a fetch."""
+    timeout = connection.request_timeout_s
+    async with _assigned(connection, entities) as (consumer, partitions):
+        lows = await asyncio.wait_for(consumer.beginning_offsets(partitions), timeout=timeout)
+        highs = await _high_watermarks(consumer, partitions, timeout)
+    return {tp: (int(lows[tp]), highs[tp]) for tp in partitions}
+
+
+async def _read_raw(
+    connection: KafkaConnection, entities: Sequence[str] | None
+) -> AsyncGenerator[ConsumerRecord[bytes, bytes], None]:
+    """Raw records from the beginning to the end seen at the start, one partition at a time."""
+    timeout = connection.request_timeout_s
+    async with _assigned(connection, entities) as (consumer, partitions):
+        lows = await asyncio.wait_for(consumer.beginning_offsets(partitions), timeout=timeout)
+        ends = await _high_watermarks(consumer, partitions, timeout)
+        for tp in partitions:
+            if ends[tp] <= lows[tp]:
+                continue
+            consumer.pause(*[other for other in partitions if other != tp])
+            consumer.resume(tp)
+            consumer.seek(tp, lows[tp])
+            position = lows[tp]
+            last_progress = time.monotonic()
+            while position < ends[tp]:
+                batch = await _getmany(consumer, [tp], _FETCH_WAIT_MS, timeout)
+                for raw in batch.get(tp, []):
+                    if raw.offset < ends[tp]:
+                        yield raw
+                    position = raw.offset + 1
+                    last_progress = time.monotonic()
+                if time.monotonic() - last_progress > timeout:
+                    raise BrokerError(f"reading {tp.topic}/{tp.partition} made no progress within {timeout:g} s")
+
+
+async def read_all(
+    connection: KafkaConnection, entities: Sequence[str] | None = None, *, codec: AvroCodec | None = None
+) -> AsyncGenerator[ReadRecord, None]:
+    """Every record of the entity topics, from the beginning up to the end seen when reading started.
+
+    Streams partition by partition (memory stays flat). Example: ``async for r in read_all(conn, ["system"])``
+    """
+    codec = codec or AvroCodec()
+    async for raw in _read_raw(connection, entities):
+        yield _decode(codec, raw)
+
+
+async def count_event_types(connection: KafkaConnection, entities: Sequence[str] | None = None) -> Counter[str]:
+    """Records per ``event-type`` header across the entity topics (no decoding; ``?`` when absent)."""
+    counts: Counter[str] = Counter()
+    async for raw in _read_raw(connection, entities):
+        counts[_header_type(raw) or "?"] += 1
+    return counts
