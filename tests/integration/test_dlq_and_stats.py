@@ -23,7 +23,7 @@ from consumers import (
     run_groups,
 )
 from infra._cli import main
-from infra._dlq import list_dead_letters, replay_dead_letters
+from infra._dlq import DeadLetter, list_dead_letters, replay_dead_letters
 from infra._settings import Settings
 from infra._stats import collect_stats
 from producers import EventPublisher, OutgoingRecord
@@ -40,6 +40,12 @@ async def _until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None
         if time.monotonic() > deadline:
             pytest.fail("condition not met in time")
         await asyncio.sleep(0.05)
+
+
+def _session(session_id: str) -> SessionCreated:
+    event = example_event("session:created", session_id=session_id)
+    assert isinstance(event, SessionCreated)
+    return event
 
 
 class _Shop:
@@ -97,8 +103,8 @@ async def test_poison_and_undecodable_records_are_dead_lettered_byte_for_byte_an
         OutgoingRecord(topic, b"bad-1", b"not avro at all", [("event-type", b"session:created")]),
         OutgoingRecord(topic, b"bad-2", b"\xc3\x01" + b"\x00" * 8 + b"unknown fingerprint", []),
     ]
-    good = [example_event("session:created", session_id=f"good-{n}") for n in range(6)]
-    poison = [example_event("session:created", session_id=f"poison-{n}") for n in range(2)]
+    good = [_session(f"good-{n}") for n in range(6)]
+    poison = [_session(f"poison-{n}") for n in range(2)]
     async with EventPublisher(connection=settings.connection(), config=settings.publisher_config("t")) as publisher:
         for index, event in enumerate(good):
             await publisher.publish(event)
@@ -107,7 +113,7 @@ async def test_poison_and_undecodable_records_are_dead_lettered_byte_for_byte_an
                 await publisher.publish_record(garbage[index])
         async with _running(settings, shop, tmp_path):
             await _until(lambda: len(shop.calls) >= len(good) + len(poison))
-            letters = []
+            letters: list[DeadLetter] = []
 
             async def dead_letters_arrived() -> bool:
                 letters[:] = await list_dead_letters(settings.connection(), group=shop.group.name)
