@@ -158,7 +158,7 @@ class PaymentProcessRequired(Event, event_type="payment:process_required"):
     user_id: EntityId
     amount: Money = Field(gt=0)
     currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
-    priority: PaymentPriority
+    priority: PaymentPriority = PaymentPriority.NORMAL
 
     @model_validator(mode="before")
     @classmethod
