@@ -126,7 +126,8 @@ class EventPublisher:
             reason = f"topic {topic!r} does not exist on the broker; create it with `eventbus topics apply`"
             raise UnknownTopicError(topic, reason=reason)
 
-    def _stamp(self, event: Event) -> Event:
+    def _metadata_updates(self, event: Event) -> dict[str, Any]:
+        """Metadata the publisher completes: its service and version, the context's correlation and causation."""
         meta = event.metadata
         updates: dict[str, Any] = {}
         if "service" not in meta.model_fields_set:
@@ -137,39 +138,36 @@ class EventPublisher:
             updates["correlation_id"] = correlation
         if meta.causation_id is None and (causation := current_causation_id()) is not None:
             updates["causation_id"] = causation
-        if not updates:
-            return event
-        fields_set = meta.model_fields_set | updates.keys()
-        new_meta = meta.model_copy(update=updates)
-        object.__setattr__(new_meta, "__pydantic_fields_set__", fields_set)
-        return event.model_copy(update={"metadata": new_meta})
+        return updates
 
-    def prepare(self, event: Event) -> tuple[OutgoingRecord, Event]:
-        """The record ``event`` becomes, and the event as sent (metadata completed).
+    def prepare(self, event: Event) -> OutgoingRecord:
+        """The record ``event`` becomes, metadata completed on the wire.
 
         Raises before anything is sent: ``UnknownEventTypeError``,
         ``EncodeError``, ``MessageTooLargeError``.
         """
         spec: EventSpec = self.catalog.spec_for(event)
-        event = self._stamp(event)
-        value = self._codec.encode_with(spec, event)
+        updates = self._metadata_updates(event)
+        value = self._codec.encode_with(spec, event, updates)
         if len(value) > self.config.max_message_bytes:
             raise MessageTooLargeError(len(value), self.config.max_message_bytes, spec.event_type)
         meta = event.metadata
         headers = [("event-type", self._type_headers[spec.event_type]), ("event-id", str(meta.event_id).encode())]
-        if meta.correlation_id is not None:
-            headers.append(("correlation-id", meta.correlation_id.encode()))
-        if meta.causation_id is not None:
-            headers.append(("causation-id", str(meta.causation_id).encode()))
+        correlation = updates.get("correlation_id", meta.correlation_id)
+        if correlation is not None:
+            headers.append(("correlation-id", correlation.encode()))
+        causation = updates.get("causation_id", meta.causation_id)
+        if causation is not None:
+            headers.append(("causation-id", str(causation).encode()))
         key = spec.key_of(event).encode()
-        return OutgoingRecord(self._topic_names[spec.event_type], key, value, headers), event
+        return OutgoingRecord(self._topic_names[spec.event_type], key, value, headers)
 
-    async def _enqueue(self, event: Event) -> tuple[asyncio.Future[Delivery], Event]:
+    async def _enqueue(self, event: Event) -> asyncio.Future[Delivery]:
         if not self._started:
             raise PublishFailedError("the publisher is not started (use `async with`)", retriable=False)
-        record, sent = self.prepare(event)
+        record = self.prepare(event)
         await self._check_topic(record.topic)
-        return await self._transport.enqueue(record), sent
+        return await self._transport.enqueue(record)
 
     async def _settle(self, future: asyncio.Future[Delivery], event: Event) -> PublishResult:
         try:
@@ -185,8 +183,7 @@ class EventPublisher:
 
         Example: ``result = await publisher.publish(SessionCreated(...))``
         """
-        future, sent = await self._enqueue(event)
-        return await self._settle(future, sent)
+        return await self._settle(await self._enqueue(event), event)
 
     async def publish_record(self, record: OutgoingRecord) -> Delivery:
         """Publish raw bytes (for example a dead letter's original record, replayed) and wait for the ack.
@@ -210,10 +207,10 @@ class EventPublisher:
         prepared = [self.prepare(event) for event in events]
         if not self._started:
             raise PublishFailedError("the publisher is not started (use `async with`)", retriable=False)
-        for topic in {record.topic for record, _ in prepared}:
+        for topic in {record.topic for record in prepared}:
             await self._check_topic(topic)
-        futures = [(await self._transport.enqueue(record), sent) for record, sent in prepared]
-        return [await self._settle(future, sent) for future, sent in futures]
+        futures = [await self._transport.enqueue(record) for record in prepared]
+        return [await self._settle(future, event) for future, event in zip(futures, events, strict=True)]
 
     async def send(self, event: Event) -> UUID:
         """Fire and forget: buffer the event and return its id without waiting for the broker.
@@ -223,11 +220,11 @@ class EventPublisher:
         """
         await self._buffer.acquire()
         try:
-            future, sent = await self._enqueue(event)
+            future = await self._enqueue(event)
         except BaseException:
             self._buffer.release()
             raise
-        event_id = sent.event_id
+        event_id = event.event_id
         self._pending.add(future)
         future.add_done_callback(lambda done: self._on_sent(done, event_id))
         return event_id

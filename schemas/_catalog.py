@@ -5,9 +5,9 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from . import _events
 from ._avro import Schema, fingerprint, inline_named_types, load_event_schemas, load_named_types, parse
@@ -33,6 +33,8 @@ class EventSpec:
     schema: Schema = field(repr=False)
     fingerprint: bytes
     parsed: Any = field(repr=False, compare=False)
+    flat: bool = field(default=False, repr=False, compare=False)
+    """No nested models besides metadata: the Avro record can be built from ``__dict__`` directly."""
 
     @classmethod
     def build(cls, model: type[Event], schema: Schema, named: Mapping[str, Schema] | None = None) -> EventSpec:
@@ -50,11 +52,24 @@ class EventSpec:
             schema=full,
             fingerprint=fingerprint(full),
             parsed=parse(full),
+            flat=_is_flat(model),
         )
 
     def key_of(self, event: Event) -> str:
         """The record key of ``event``: its entity id."""
         return str(getattr(event, self.key_field))
+
+
+def _mentions_model(annotation: Any) -> bool:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    return any(_mentions_model(arg) for arg in get_args(annotation))
+
+
+def _is_flat(model: type[Event]) -> bool:
+    return not any(
+        _mentions_model(info.annotation) for name, info in model.model_fields.items() if name != "metadata"
+    )
 
 
 def _path(loc: tuple[int | str, ...]) -> str:

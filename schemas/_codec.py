@@ -90,13 +90,24 @@ class AvroCodec:
         spec = self.catalog.spec_for(event)
         return self.encode_with(spec, event)
 
-    def encode_with(self, spec: EventSpec, event: Event) -> bytes:
-        """``encode`` for a caller that already looked the spec up."""
+    def encode_with(self, spec: EventSpec, event: Event, metadata: dict[str, Any] | None = None) -> bytes:
+        """``encode`` for a caller that already looked the spec up.
+
+        ``metadata`` replaces metadata fields on the wire only (the publisher's
+        service, version, correlation and causation), without copying the model.
+        """
+        if spec.flat:  # field values straight from the model: no model_dump on the hot path
+            record = dict(event.__dict__)
+            record["metadata"] = {**event.metadata.__dict__, **metadata} if metadata else event.metadata.__dict__
+        else:
+            record = event.model_dump()
+            if metadata:
+                record["metadata"].update(metadata)
         buffer = io.BytesIO()
         buffer.write(MAGIC)
         buffer.write(spec.fingerprint)
         try:
-            schemaless_writer(buffer, spec.parsed, event.model_dump())
+            schemaless_writer(buffer, spec.parsed, record)
         except _WRITE_ERRORS as exc:
             msg = f"cannot encode {spec.event_type} event: {exc}"
             raise EncodeError(msg) from exc
