@@ -90,6 +90,7 @@ class GroupRunner:
         """Set once the group has given this member its first assignment (tests wait on it)."""
         self._consumed = self._metrics.consumed.labels(group.name)
         self._by_type: dict[str, tuple[Any, Any, Any, Any]] = {}
+        self._background_error: BaseException | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -104,10 +105,23 @@ class GroupRunner:
             asyncio.create_task(work(self._publisher, self._stop), name=f"{self.group.name}:background")
             for work in self.group.background_tasks
         ]
+        for task in background:
+            task.add_done_callback(self._on_background_done)
         try:
             await self._fetch_loop()
         finally:
             await self._shutdown(background)
+        if self._background_error is not None:
+            msg = f"a background task of group {self.group.name} failed: {self._background_error!r}"
+            raise EventBusError(msg) from self._background_error
+
+    def _on_background_done(self, task: asyncio.Task[None]) -> None:
+        """A background task that dies stops the group at once (its work would silently stall otherwise)."""
+        if task.cancelled() or task.exception() is None:
+            return
+        self._background_error = task.exception()
+        log.error("background task failed: %r", self._background_error, extra={"group": self.group.name})
+        self._stop.set()
 
     async def _fetch_loop(self) -> None:
         config = self.config
@@ -150,9 +164,6 @@ class GroupRunner:
             _, late = await asyncio.wait(background, timeout=self.config.shutdown_timeout_s)
             for task in late:
                 task.cancel()
-            for task in background:
-                if task.done() and not task.cancelled() and task.exception() is not None:
-                    log.error("background task failed: %r", task.exception(), extra={"group": self.group.name})
         await self._commit(parts)
         self._parts.clear()
         await self._transport.stop()
