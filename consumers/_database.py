@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -33,6 +34,14 @@ def async_url(url: str) -> str:
     raise ConfigurationError(msg)
 
 
+def _check_sqlite_path(url: str) -> None:
+    """Refuse a SQLite file in a folder that does not exist (the driver would fail late and noisily)."""
+    path = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
+    if path and path != ":memory:" and not Path(path).parent.exists():
+        msg = f"the folder of the SQLite database {path!r} does not exist"
+        raise ConfigurationError(msg)
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     """One numbered schema change; applied once, in order, recorded in ``eventbus_migrations``."""
@@ -48,6 +57,8 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = async_url(url)
         self.dialect = "postgresql" if self.url.startswith("postgresql") else "sqlite"
+        if self.dialect == "sqlite":
+            _check_sqlite_path(self.url)
         self._engine: AsyncEngine = create_async_engine(self.url, pool_pre_ping=self.dialect == "postgresql")
 
     def __repr__(self) -> str:

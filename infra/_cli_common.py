@@ -89,7 +89,10 @@ def parse_since(value: str | None) -> datetime | None:
         return None
     match = _RELATIVE.match(value.strip())
     if match:
-        return datetime.now(UTC) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        try:
+            return datetime.now(UTC) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        except OverflowError:
+            fail(f"--since {value!r} reaches before year 1", code=EXIT_INVALID_INPUT)
     try:
         parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:

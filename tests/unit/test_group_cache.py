@@ -1,0 +1,184 @@
+"""The ``cache`` group on the fake broker, over real Redis and the in-process cache: a coach change
+deletes the coach's profile key and the coach list key, then publishes ``cache:coach_data_refreshed``
+naming them (the same event on every delivery, invariant 5); an unreachable Redis is retried."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+from uuid import uuid4
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from consumers import (
+    ConsumerGroup,
+    Database,
+    GroupRunner,
+    InMemoryConsumerTransport,
+    RuntimeConfig,
+    RuntimeMetrics,
+    follow_up_id,
+)
+from consumers._cache import Cache, MemoryCache, RedisCache
+from consumers._resources import GroupSettings, Resources
+from consumers.groups.cache import COACH_LIST_KEY, MIGRATIONS, build, coach_keys, coach_profile_key
+from infra._topics import TOPIC_SPECS
+from producers import EventPublisher, InMemoryBroker
+from schemas import AvroCodec, CacheCoachDataRefreshed, Event, SystemErrorEvent
+from tests.events_factory import example_event
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+CODEC = AvroCodec()
+FAST: dict[str, Any] = {
+    "backoff_initial_s": 0.01,
+    "backoff_max_s": 0.05,
+    "commit_interval_s": 0.05,
+    "fetch_timeout_s": 0.05,
+    "dead_letter_retry_s": 0.05,
+}
+COACH_TYPES = ["coach:profile_updated", "coach:rating_updated", "coach:status_changed"]
+
+
+async def until(check: Callable[[], bool | Awaitable[bool]], what: str, timeout_s: float = 20.0) -> None:
+    """Poll ``check`` until it holds; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def broker() -> InMemoryBroker:
+    value = InMemoryBroker()
+    for spec in TOPIC_SPECS:
+        value.create_topic(spec.name, spec.partitions)
+    return value
+
+
+@pytest.fixture
+async def publisher(broker: InMemoryBroker) -> AsyncIterator[EventPublisher]:
+    async with EventPublisher(transport=broker.producer()) as value:
+        yield value
+
+
+@pytest.fixture(params=["redis", "memory"])
+async def cache(request: pytest.FixtureRequest) -> AsyncIterator[Cache]:
+    value: Cache = RedisCache(REDIS_URL) if request.param == "redis" else MemoryCache()
+    yield value
+    await value.close()
+
+
+def cache_group(cache: Cache) -> ConsumerGroup:
+    # The group touches no database; an unopened engine satisfies Resources.
+    return build(Resources(database=Database("sqlite:///unused.sqlite"), cache=cache, settings=GroupSettings()))
+
+
+def drained(broker: InMemoryBroker, group: ConsumerGroup) -> bool:
+    committed = broker.group_offsets.get(group.name, {})
+    return all(
+        committed.get((topic, index), 0) >= len(log)
+        for topic in group.topics
+        for index, log in enumerate(broker.topics[topic])
+    )
+
+
+async def run_until_drained(
+    group: ConsumerGroup, broker: InMemoryBroker, publisher: EventPublisher, **config: Any
+) -> None:
+    """Run ``group`` (no processed-events store: it needs none) until every record is done."""
+    runner = GroupRunner(
+        group,
+        transport=InMemoryConsumerTransport(broker, group.name),
+        publisher=publisher,
+        config=RuntimeConfig(**{**FAST, **config}),
+        metrics=RuntimeMetrics(CollectorRegistry()),
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        await until(lambda: drained(broker, group) or task.done(), "every record handled and committed")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+
+
+def refreshed(broker: InMemoryBroker) -> list[CacheCoachDataRefreshed]:
+    events = [CODEC.decode(record.value) for record in broker.records("cache")]
+    return [event for event in events if isinstance(event, CacheCoachDataRefreshed)]
+
+
+def test_key_names_are_the_ones_the_web_application_uses() -> None:
+    assert coach_profile_key("coach-7") == "eventbus:coach:coach-7:profile"
+    assert COACH_LIST_KEY == "eventbus:coaches:list"
+    assert coach_keys("coach-7") == ["eventbus:coach:coach-7:profile", "eventbus:coaches:list"]
+    assert MIGRATIONS == []
+
+
+@pytest.mark.parametrize("event_type", COACH_TYPES)
+async def test_a_coach_change_deletes_both_keys_and_publishes_the_refresh(
+    cache: Cache, broker: InMemoryBroker, publisher: EventPublisher, event_type: str
+) -> None:
+    coach = f"coach-{uuid4().hex[:12]}"
+    other = coach_profile_key(f"other-{uuid4().hex[:12]}")
+    keys = coach_keys(coach)
+    for key in [*keys, other]:
+        await cache.set(key, b"cached", ttl_s=60)
+    source = example_event(event_type, coach_id=coach)
+    await publisher.publish(source)
+
+    await run_until_drained(cache_group(cache), broker, publisher)
+
+    assert [await cache.get(key) for key in keys] == [None, None]
+    assert await cache.get(other) == b"cached", "another coach's profile stays cached"
+    (event,) = refreshed(broker)
+    assert (event.coach_id, event.invalidated_keys) == (coach, keys)
+    assert event.event_id == follow_up_id("cache", source.event_id, "cache:coach_data_refreshed", 0)
+    assert event.metadata.causation_id == source.event_id
+    await cache.delete(other)
+
+
+async def test_a_redelivered_change_publishes_the_same_refresh_event_again(
+    cache: Cache, broker: InMemoryBroker, publisher: EventPublisher
+) -> None:
+    coach = f"coach-{uuid4().hex[:12]}"
+    source = example_event("coach:profile_updated", coach_id=coach)
+    await publisher.publish_many([source, source])
+    await cache.set(coach_profile_key(coach), b"stale")
+
+    await run_until_drained(cache_group(cache), broker, publisher)
+
+    events = refreshed(broker)
+    assert len(events) == 2
+    assert len({event.event_id for event in events}) == 1
+    unstamped = [event.model_dump(exclude={"metadata": {"occurred_at"}}) for event in events]
+    assert unstamped[0] == unstamped[1], "only the publication time differs"
+    assert await cache.get(coach_profile_key(coach)) is None
+
+
+async def test_an_unreachable_redis_is_retried_then_dead_lettered(
+    broker: InMemoryBroker, publisher: EventPublisher
+) -> None:
+    """StorageError is retriable: the runtime tries max_attempts times, then dead-letters."""
+    unreachable = RedisCache("redis://127.0.0.1:1/0")
+    source: Event = example_event("coach:status_changed", coach_id=f"coach-{uuid4().hex[:12]}")
+    await publisher.publish(source)
+    try:
+        await run_until_drained(cache_group(unreachable), broker, publisher, max_attempts=2)
+    finally:
+        await unreachable.close()
+
+    (letter,) = [CODEC.decode(record.value) for record in broker.records("system")]
+    assert isinstance(letter, SystemErrorEvent)
+    assert (letter.consumer_group, letter.error_type, letter.attempts) == ("cache", "StorageError", 2)
+    assert "redis DEL failed" in letter.error_message
+    assert refreshed(broker) == []
