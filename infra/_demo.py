@@ -1,0 +1,258 @@
+"""``eventbus demo``: the whole system on one machine, driven, watched live, and checked."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+import uuid
+from collections import Counter
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+from rich.console import Group
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+from sqlalchemy import text
+
+from consumers import (
+    ConsumerGroup,
+    Database,
+    ProcessedEventStore,
+    Resources,
+    builtin_groups,
+    builtin_migrations,
+    open_cache,
+    run_groups,
+)
+from consumers.groups import analytics
+from consumers.groups.payments import queue_depth
+from producers import EventPublisher
+
+from ._cli_common import cli_errors, console
+from ._demo_market import Expectations, Marketplace
+from ._dlq import list_dead_letters
+from ._embedded import EmbeddedBroker
+from ._reader import count_event_types, partition_ends
+from ._settings import Settings, load_settings
+from ._stats import collect_stats
+from ._topics import apply_topics
+
+__all__ = ["Check", "demo", "run_demo"]
+
+
+@dataclass
+class Check:
+    """One self-check of the demo's summary."""
+
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass
+class _Snapshot:
+    lag: dict[str, int] = field(default_factory=dict)
+    dead_letters: int = 0
+    payments: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def drained(self) -> bool:
+        busy = self.payments.get("pending_high", 0) + self.payments.get("pending_normal", 0)
+        return not any(self.lag.values()) and busy + self.payments.get("charging", 0) == 0
+
+
+def _demo_settings(run_id: str, workdir: Path) -> tuple[Settings, EmbeddedBroker | None]:
+    overrides: dict[str, object] = {"topic_prefix": f"{os.environ.get('EVENTBUS_TOPIC_PREFIX', '')}demo-{run_id}."}
+    if "EVENTBUS_DATABASE_URL" not in os.environ:
+        overrides["database_url"] = f"sqlite:///{workdir / 'demo.sqlite'}"
+    broker = None
+    if "EVENTBUS_BOOTSTRAP_SERVERS" not in os.environ:
+        broker = EmbeddedBroker()
+        broker.start()
+        overrides.update(bootstrap_servers=broker.bootstrap_servers, profile="embedded")
+    overrides.setdefault("gateway_failure_rate", float(os.environ.get("EVENTBUS_GATEWAY_FAILURE_RATE", "0.1")))
+    overrides.setdefault("gateway_latency_s", float(os.environ.get("EVENTBUS_GATEWAY_LATENCY_S", "0.02")))
+    return load_settings(**overrides), broker
+
+
+async def _snapshot(settings: Settings, groups: list[ConsumerGroup], database: Database) -> _Snapshot:
+    connection = settings.connection()
+    stats = await collect_stats(connection, groups, count_types=False)
+    system = await partition_ends(connection, ["system"])
+    return _Snapshot(
+        lag={g.group: g.lag for g in stats.groups},
+        dead_letters=sum(high - low for low, high in system.values()),
+        payments=await queue_depth(database),
+    )
+
+
+def _view(expected: Expectations, snap: _Snapshot, phase: str) -> Group:
+    published = Table("event type", "published", title=f"eventbus demo: {phase}")
+    for event_type, count in sorted(expected.published.items()):
+        published.add_row(event_type, str(count))
+    groups = Table("group", "lag")
+    for name, lag in snap.lag.items():
+        groups.add_row(name, str(lag))
+    other = Table("dead letters", "payments pending (high/normal)", "charging", "processed", "failed")
+    p = snap.payments
+    other.add_row(
+        str(snap.dead_letters),
+        f"{p.get('pending_high', 0)}/{p.get('pending_normal', 0)}",
+        str(p.get("charging", 0)),
+        str(p.get("processed", 0)),
+        str(p.get("failed", 0)),
+    )
+    return Group(published, groups, other)
+
+
+async def _checks(settings: Settings, database: Database, expected: Expectations) -> list[Check]:
+    connection = settings.connection()
+    letters = await list_dead_letters(connection)
+    refused = {d.letter.original_event_id for d in letters if d.letter.error_type == "InsufficientCreditsError"}
+    unexpected = [d for d in letters if d.letter.error_type != "InsufficientCreditsError"]
+    async with database.begin() as conn:
+        applied = {
+            row[0]
+            for row in await conn.execute(
+                text("SELECT entry_id FROM credits_ledger WHERE reason = 'session_completed'")
+            )
+        }
+        rows = (await conn.execute(text("SELECT user_id, balance FROM credits_balances"))).all()
+        balances: dict[str, int] = {str(user): int(balance) for user, balance in rows}
+        inbox = Counter(
+            (row[0], row[1], row[2])
+            for row in await conn.execute(text("SELECT source_event_id, user_id, type FROM notifications_inbox"))
+        )
+    completions = {str(event_id): value for event_id, value in expected.completions.items()}
+    refused_ids = {str(event_id) for event_id in refused}
+    checks = [
+        Check(
+            "every completion deducted once or refused",
+            set(completions) == applied | refused_ids and not applied & refused_ids,
+            f"{len(applied)} deducted, {len(refused_ids)} refused (insufficient credits), {len(completions)} completed",
+        )
+    ]
+    wrong = []
+    for user in expected.users:
+        spent = sum(cost for event_id, (owner, cost) in completions.items() if owner == user and event_id in applied)
+        want = expected.granted[user] - spent
+        if balances.get(user, 0) != want:
+            wrong.append(f"{user}: {balances.get(user, 0)} != {want}")
+    checks.append(
+        Check(
+            "credit balances = grants - completed sessions",
+            not wrong,
+            "; ".join(wrong[:3]) or f"{len(expected.users)} users",
+        )
+    )
+    missing = [
+        str(event_id)
+        for event_id, (user, coach) in expected.bookings.items()
+        if inbox[(str(event_id), user, "session_confirmed")] != 1
+        or inbox[(str(event_id), coach, "new_session_request")] != 1
+    ]
+    checks.append(
+        Check(
+            "one pair of notifications per booking",
+            not missing,
+            f"{len(expected.bookings)} bookings, {len(missing)} wrong",
+        )
+    )
+    on_topics = await count_event_types(connection)
+    counted = (await analytics.summary(database)).by_type
+    diff = {t: (counted.get(t, 0), n) for t, n in on_topics.items() if counted.get(t, 0) != n}
+    checks.append(
+        Check(
+            "analytics counts = events on the topics",
+            not diff,
+            f"differ (counted, on topics): {str(diff)[:200]}" if diff else f"{sum(on_topics.values())} events",
+        )
+    )
+    results = on_topics["payment:processed"] + on_topics["payment:failed"]
+    requested = expected.published["payment:process_required"]
+    checks.append(Check("one result per payment", results == requested, f"{results} results for {requested} requests"))
+    detail = "; ".join(f"{d.letter.consumer_group}: {d.letter.error_type}" for d in unexpected[:3]) or "none"
+    checks.append(Check("no unexpected dead letters", not unexpected, detail))
+    return checks
+
+
+async def run_demo(duration_s: float, *, live: bool = True) -> list[Check]:
+    """Start (or use) a broker, run the five groups, drive the marketplace, drain, and check.
+
+    Example: ``checks = await run_demo(20)``
+    """
+    run_id = uuid.uuid4().hex[:6]
+    async with AsyncExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="eventbus-demo-")))
+        settings, broker = _demo_settings(run_id, workdir)
+        if broker is not None:
+            stack.callback(broker.stop)
+        connection = settings.connection()
+        await apply_topics(connection, replication_factor=settings.replication)
+        database = Database(settings.database_url)
+        stack.push_async_callback(database.close)
+        await database.migrate(builtin_migrations())
+        cache = open_cache(settings.redis_url)
+        stack.push_async_callback(cache.close)
+        resources = Resources(database=database, cache=cache, settings=settings.group_settings())
+        groups = list(builtin_groups(resources))
+        stop, started = asyncio.Event(), asyncio.Event()
+        runner = asyncio.create_task(
+            run_groups(
+                groups,
+                connection=connection,
+                publisher_config=settings.publisher_config("eventbus-demo-groups"),
+                consumer_config=settings.consumer_config(),
+                runtime_config=settings.runtime_config(),
+                stop=stop,
+                store=ProcessedEventStore(database),
+                started=started,
+            )
+        )
+        try:
+            await asyncio.wait_for(started.wait(), timeout=60)
+            publisher = await stack.enter_async_context(
+                EventPublisher(connection=connection, config=settings.publisher_config("eventbus-demo"))
+            )
+            market = Marketplace(publisher, database, run_id=run_id)
+            snap = _Snapshot()
+            with Live(_view(market.expected, snap, "starting"), refresh_per_second=4, transient=not live) as screen:
+                driving = asyncio.create_task(market.run(duration_s))
+                stable = 0
+                while stable < 2:
+                    await asyncio.sleep(1.0)
+                    snap = await _snapshot(settings, groups, database)
+                    phase = "driving the marketplace" if not driving.done() else "draining"
+                    screen.update(_view(market.expected, snap, phase))
+                    stable = stable + 1 if driving.done() and snap.drained else 0
+                await driving
+            return await _checks(settings, database, market.expected)
+        finally:
+            stop.set()
+            await runner
+
+
+@click.command()
+@click.option("--duration", type=click.FloatRange(min=1), default=20, show_default=True, help="Seconds of traffic.")
+@click.option("--no-live", is_flag=True, help="No live view (for logs and CI); the summary is still printed.")
+def demo(duration: float, no_live: bool) -> None:
+    """The main job: the five groups on a live marketplace, then a summary that checks itself.
+
+    Starts the embedded broker unless EVENTBUS_BOOTSTRAP_SERVERS is set; uses a
+    temporary SQLite database unless EVENTBUS_DATABASE_URL is set, and Redis
+    when EVENTBUS_REDIS_URL is set. Exits 0 only when every check holds.
+    """
+    logging.basicConfig(level=logging.ERROR)
+    with cli_errors():
+        checks = asyncio.run(run_demo(duration, live=not no_live))
+    table = Table("check", "result", "detail", title="eventbus demo: summary")
+    for check in checks:
+        table.add_row(check.name, "[green]ok[/green]" if check.passed else "[red]FAILED[/red]", escape(check.detail))
+    console().print(table)
+    if not all(check.passed for check in checks):
+        raise click.exceptions.Exit(1)
