@@ -66,3 +66,17 @@ class RuntimeConfig(_Config):
     """How long shutdown waits for handlers in flight."""
     dead_letter_retry_s: float = Field(default=2.0, gt=0)
     """Pause between attempts to publish a dead letter that the broker did not acknowledge."""
+    retry_tiers_s: tuple[float, ...] = ()
+    """Delays of the non-blocking retry tiers (e.g. 5, 60, 600): after the in-place attempts, a retriable
+    failure moves the record to ``retry.<group>.<n>`` and the partition goes on; empty: no tiers."""
+    retry_keep_key_order: bool = False
+    """Park later records of a key behind its record in the retry tiers (order per key kept, in this process)."""
+    retry_topic_partitions: int = Field(default=3, ge=1)
+    retry_topic_replication: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _check_tiers(self) -> RuntimeConfig:
+        if any(delay <= 0 for delay in self.retry_tiers_s):
+            msg = "retry tier delays must be positive"
+            raise ValueError(msg)
+        return self

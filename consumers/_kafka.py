@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka import TopicPartition as KafkaTopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from producers import KafkaConnection, connect_with_retry
+from producers import KafkaConnection, connect_with_retry, convert_kafka_error
 from schemas.errors import BrokerError, CommitFailedError
 
 from ._config import ConsumerConfig
@@ -117,6 +119,23 @@ class KafkaConsumerTransport:
         assigned = consumer.assignment()
         wanted = [KafkaTopicPartition(tp.topic, tp.partition) for tp in partitions]
         consumer.resume(*(tp for tp in wanted if tp in assigned))
+
+    async def ensure_topics(self, names: list[str], *, partitions: int, replication: int) -> None:
+        """Create the missing topics explicitly (never through auto-creation)."""
+        admin = AIOKafkaAdminClient(**self._connection.client_options())
+        timeout = self._connection.request_timeout_s
+        try:
+            await connect_with_retry(admin.start, self._connection, "admin")
+            existing = set(await asyncio.wait_for(admin.list_topics(), timeout=timeout))
+            for name in names:
+                if name in existing:
+                    continue
+                with contextlib.suppress(TopicAlreadyExistsError):  # another member created it meanwhile
+                    await asyncio.wait_for(admin.create_topics([NewTopic(name, partitions, replication)]), timeout)
+        except (KafkaError, TimeoutError) as exc:
+            raise convert_kafka_error(exc, "creating the retry topics") from exc
+        finally:
+            await admin.close()
 
     def highwater(self, partition: TopicPartition) -> int | None:
         """End offset as reported by the last fetch (the embedded broker's ``end_offsets`` is wrong)."""

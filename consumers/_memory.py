@@ -119,3 +119,8 @@ class InMemoryConsumerTransport:
     def highwater(self, partition: TopicPartition) -> int | None:
         """The partition's end offset."""
         return len(self.broker.topics[partition.topic][partition.partition])
+
+    async def ensure_topics(self, names: list[str], *, partitions: int, replication: int) -> None:
+        """Create missing topics on the fake broker."""
+        for name in names:
+            self.broker.create_topic(name, partitions)

@@ -24,8 +24,8 @@ from schemas.errors import BrokerError, CommitFailedError, DecodeError, EventBus
 
 from ._config import RuntimeConfig
 from ._context import HandlerContext
-from ._dead_letter import build_dead_letter
-from ._group import ConsumerGroup
+from ._failures import FailureRouter, ParkedKeys, RetryState, retry_topic_name
+from ._group import ConsumerGroup, Handler
 from ._metrics import RuntimeMetrics, default_metrics
 from ._retry import backoff_delay, is_retriable
 from ._store import ProcessedEventStore
@@ -39,10 +39,11 @@ log = logging.getLogger("eventbus.consumer")
 class _Partition:
     """Dispatch state of one assigned partition."""
 
-    __slots__ = ("committed", "done_offset", "paused", "queue", "stopped", "task", "tp", "wakeup")
+    __slots__ = ("committed", "delayed", "done_offset", "paused", "queue", "stopped", "task", "tp", "wakeup")
 
-    def __init__(self, tp: TopicPartition) -> None:
+    def __init__(self, tp: TopicPartition, *, delayed: bool = False) -> None:
         self.tp = tp
+        self.delayed = delayed  # a retry-tier partition: each record waits until it is due
         self.queue: deque[ConsumedRecord] = deque()
         self.done_offset: int | None = None  # 1 + offset of the last done record
         self.committed: int | None = None
@@ -91,6 +92,19 @@ class GroupRunner:
         self._consumed = self._metrics.consumed.labels(group.name)
         self._by_type: dict[str, tuple[Any, Any, Any, Any]] = {}
         self._background_error: BaseException | None = None
+        connection = publisher.connection
+        tiers = self.config.retry_tiers_s
+        self._retry_topics = [connection.topic(retry_topic_name(group.name, n)) for n in range(1, len(tiers) + 1)]
+        self._failures = FailureRouter(
+            group=group.name,
+            publisher=publisher,
+            metrics=self._metrics,
+            retry_topics=self._retry_topics,
+            retry_delays_s=tiers,
+            pause=self._pause,
+            retry_pause_s=self.config.dead_letter_retry_s,
+        )
+        self._parked = ParkedKeys() if self.config.retry_keep_key_order else None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -99,7 +113,14 @@ class GroupRunner:
         if stop is not None:
             self._stop = stop
         topics = [self._publisher.connection.topic(topic) for topic in self.group.topics]
-        await self._transport.start(topics, self._on_assigned, self._on_revoked)
+        if self._retry_topics:
+            await self._transport.ensure_topics(
+                self._retry_topics,
+                partitions=self.config.retry_topic_partitions,
+                replication=self.config.retry_topic_replication,
+            )
+            await self._publisher.refresh_topics()
+        await self._transport.start(topics + self._retry_topics, self._on_assigned, self._on_revoked)
         log.info("group started", extra={"group": self.group.name, "topics": topics})
         background: list[asyncio.Task[None]] = [
             asyncio.create_task(work(self._publisher, self._stop), name=f"{self.group.name}:background")
@@ -175,7 +196,7 @@ class GroupRunner:
         for tp in tps:
             if tp in self._parts:
                 continue
-            part = _Partition(tp)
+            part = _Partition(tp, delayed=tp.topic in self._retry_topics)
             part.task = asyncio.create_task(self._dispatch(part), name=f"{self.group.name}:{tp.topic}:{tp.partition}")
             self._parts[tp] = part
         self.assigned.set()
@@ -222,6 +243,8 @@ class GroupRunner:
                 await part.wakeup.wait()
                 continue
             record = part.queue[0]
+            if part.delayed and not await self._until_due(record, part):
+                return
             async with self._slots:
                 if part.stopped:
                     return
@@ -237,6 +260,17 @@ class GroupRunner:
             if self._buffered < self.config.max_buffered_total:
                 self._room.set()
 
+    async def _until_due(self, record: ConsumedRecord, part: _Partition) -> bool:
+        """Wait (holding no handler slot) until a retry-tier record is due; False if stopped meanwhile."""
+        state = RetryState.of(record)
+        while state is not None and not part.stopped and not self._stop.is_set():
+            wait_s = state.due_ms / 1000 - time.time()
+            if wait_s <= 0:
+                return True
+            part.wakeup.clear()
+            await _wait_any(self._stop, part.wakeup, wait_s=wait_s)
+        return state is None or not (part.stopped or self._stop.is_set())
+
     def _labels(self, event_type: str) -> tuple[Any, Any, Any, Any]:
         labels = self._by_type.get(event_type)
         if labels is None:
@@ -251,20 +285,42 @@ class GroupRunner:
         return labels
 
     async def _process(self, record: ConsumedRecord) -> bool:
-        """Handle one record; True when it is done (handled, skipped, or dead-lettered)."""
+        """Handle one record; True when it is done (handled, skipped, moved to a retry tier, or dead-lettered)."""
+        state = RetryState.of(record) if self._retry_topics else None
         try:
             spec, fields = self._codec.decode_dict(record.value or b"")
             event = self._codec.decode_dict_as_event(spec, fields)
         except DecodeError as exc:
             now = datetime.now(UTC)
-            return await self._dead_letter(
-                record, exc, attempts=0, first_failure=now, last_failure=now, event=None, reason="undecodable"
+            return await self._failures.dead_letter(
+                record,
+                exc,
+                state=state,
+                attempts=0,
+                first_failure=now,
+                last_failure=now,
+                event=None,
+                reason="undecodable",
             )
         handler = self.group.handler_for(spec.event_type)
         if handler is None:
             return True
-        handled, failed, retried, latency = self._labels(spec.event_type)
+        origin = "/".join(map(str, state.origin)) if state else f"{record.topic}/{record.partition}/{record.offset}"
+        if self._parked is not None and (tier := self._parked.tier_to_join(record.key, origin)) is not None:
+            # An earlier record of this key waits in the retry tiers: this one follows it there.
+            now = datetime.now(UTC)
+            attempts = state.attempts if state else 0
+            self._parked.park(record.key, origin, tier)
+            return await self._failures.to_tier(record, tier, state=state, attempts=attempts, first_failure=now)
+        return await self._attempts(record, event, handler, state, origin)
+
+    async def _attempts(
+        self, record: ConsumedRecord, event: Event, handler: Handler, state: RetryState | None, origin: str
+    ) -> bool:
+        handled, failed, retried, latency = self._labels(event.event_type)
         first_failure: datetime | None = None
+        previous = state.attempts if state else 0
+        limit = 1 if state else self.config.max_attempts  # a retry tier gives one attempt per tier
         attempt = 0
         while True:
             attempt += 1
@@ -276,7 +332,7 @@ class GroupRunner:
                 offset=record.offset,
                 key=record.key,
                 headers=record.headers,
-                attempt=attempt,
+                attempt=previous + attempt,
                 publisher=self._publisher,
                 store=self._store,
             )
@@ -288,87 +344,42 @@ class GroupRunner:
                 failed.inc()
                 now = datetime.now(UTC)
                 first_failure = first_failure or now
-                retry = is_retriable(exc, self.group.retriable) and attempt < self.config.max_attempts
-                if not retry:
-                    return await self._dead_letter(
-                        record,
-                        exc,
-                        attempts=attempt,
-                        first_failure=first_failure,
-                        last_failure=now,
-                        event=event,
-                        reason="failed",
+                retriable = is_retriable(exc, self.group.retriable)
+                if retriable and attempt < limit:
+                    retried.inc()
+                    if not await self._pause(backoff_delay(attempt, self.config)):
+                        return False
+                    continue
+                tier = self._failures.next_tier(state) if retriable else None
+                if tier is not None:
+                    retried.inc()
+                    if self._parked is not None:
+                        self._parked.park(record.key, origin, tier)
+                    return await self._failures.to_tier(
+                        record, tier, state=state, attempts=previous + attempt, first_failure=first_failure
                     )
-                retried.inc()
-                if not await self._pause(backoff_delay(attempt, self.config)):
-                    return False
+                done = await self._failures.dead_letter(
+                    record,
+                    exc,
+                    state=state,
+                    attempts=previous + attempt,
+                    first_failure=first_failure,
+                    last_failure=now,
+                    event=event,
+                    reason="failed",
+                )
             else:
                 latency.observe(time.perf_counter() - started)
                 handled.inc()
-                return True
+                done = True
+            if done and self._parked is not None:
+                self._parked.release(record.key, origin)
+            return done
 
     async def _pause(self, seconds: float) -> bool:
         """Sleep between retries; False when shutdown began meanwhile (the record is then abandoned)."""
         await _wait_any(self._stop, wait_s=seconds)
         return not self._stopping and not self._stop.is_set()
-
-    async def _dead_letter(
-        self,
-        record: ConsumedRecord,
-        error: BaseException,
-        *,
-        attempts: int,
-        first_failure: datetime,
-        last_failure: datetime,
-        event: Event | None,
-        reason: str,
-    ) -> bool:
-        """Publish the dead letter; the record is done only once the broker acknowledged it (invariant 2)."""
-        if record.topic == self._publisher.connection.topic("system"):
-            # A dead letter that fails again is not dead-lettered twice (that could loop); it stays where it is.
-            log.error(
-                "handler failed on a dead letter; skipping it",
-                extra={"group": self.group.name, "offset": record.offset, "error": repr(error)},
-            )
-            return True
-        letter = build_dead_letter(
-            group=self.group.name,
-            record=record,
-            error=error,
-            attempts=attempts,
-            first_failure_at=first_failure,
-            last_failure_at=last_failure,
-            event=event,
-        )
-        log.warning(
-            "dead-lettering record: %s: %s",
-            type(error).__name__,
-            error,
-            extra={
-                "group": self.group.name,
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-                "event_type": event.event_type if event else None,
-                "event_id": str(event.event_id) if event else None,
-            },
-        )
-        while True:
-            try:
-                await self._publisher.publish(letter)
-            except EventBusError as exc:
-                log.error(  # noqa: TRY400 - the traceback adds nothing; the partition's progress stops here
-                    "DEAD LETTER NOT ACKNOWLEDGED; partition %s:%s stalls until it is: %s",
-                    record.topic,
-                    record.partition,
-                    exc,
-                    extra={"group": self.group.name, "offset": record.offset},
-                )
-                if not await self._pause(self.config.dead_letter_retry_s):
-                    return False
-            else:
-                self._metrics.dead_lettered.labels(self.group.name, reason).inc()
-                return True
 
     # -- commits -------------------------------------------------------------
 

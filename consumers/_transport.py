@@ -70,3 +70,6 @@ class ConsumerTransport(Protocol):
     def highwater(self, partition: TopicPartition) -> int | None:
         """The partition's end offset as the last fetch reported it."""
         ...
+
+    async def ensure_topics(self, names: list[str], *, partitions: int, replication: int) -> None:
+        """Create the topics that do not exist yet (the group's retry topics)."""

@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     backoff_initial_s: float = Field(default=0.2, ge=0)
     backoff_max_s: float = Field(default=10.0, ge=0)
     shutdown_timeout_s: float = Field(default=15.0, gt=0)
+    retry_tiers_s: tuple[float, ...] = ()
+    """Delays of the non-blocking retry tiers, e.g. ``[5, 60, 600]`` (JSON); empty: none."""
+    retry_keep_key_order: bool = False
 
     @property
     def idempotence(self) -> bool:
@@ -157,6 +160,9 @@ class Settings(BaseSettings):
             "backoff_max_s": self.backoff_max_s,
             "shutdown_timeout_s": self.shutdown_timeout_s,
             "commit_timeout_s": self.request_timeout_s,
+            "retry_tiers_s": self.retry_tiers_s,
+            "retry_keep_key_order": self.retry_keep_key_order,
+            "retry_topic_replication": self.replication,
         }
         fields.update({name: value for name, value in overrides.items() if value is not None})
         return _build(RuntimeConfig, **fields)

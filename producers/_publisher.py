@@ -96,7 +96,7 @@ class EventPublisher:
         """Connect and learn which topics exist; ``BrokerUnavailableError`` after the connect timeout."""
         await self._transport.start()
         try:
-            await self._refresh_topics()
+            await self.refresh_topics()
         except BaseException:
             await self._transport.stop()
             raise
@@ -113,7 +113,8 @@ class EventPublisher:
         finally:
             await self._transport.stop()
 
-    async def _refresh_topics(self) -> None:
+    async def refresh_topics(self) -> None:
+        """Learn the broker's topics again (after creating some); publishing checks against them."""
         self._known_topics = await self._transport.topic_names()
         self._topics_checked_at = time.monotonic()
 
@@ -121,7 +122,7 @@ class EventPublisher:
         if topic in self._known_topics:
             return
         if time.monotonic() - self._topics_checked_at > _TOPIC_REFRESH_S:
-            await self._refresh_topics()
+            await self.refresh_topics()
         if topic not in self._known_topics:
             reason = f"topic {topic!r} does not exist on the broker; create it with `eventbus topics apply`"
             raise UnknownTopicError(topic, reason=reason)
