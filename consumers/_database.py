@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from schemas.errors import ConfigurationError, StorageError
@@ -32,6 +32,18 @@ def async_url(url: str) -> str:
         return url
     msg = f"unsupported database URL {url.split('://', maxsplit=1)[0]}://…: use postgresql:// or sqlite:///"
     raise ConfigurationError(msg)
+
+
+# serialization failure, deadlock, lock not available, query cancelled (statement timeout)
+_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57014"})
+
+
+def _transient(exc: DBAPIError) -> bool:
+    """Whether trying again may succeed: lost connections, lock conflicts, deadlocks, SQLite's busy file."""
+    if exc.connection_invalidated or isinstance(exc, OperationalError):
+        return True
+    state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return state in _TRANSIENT_SQLSTATES or "database is locked" in str(exc.orig)
 
 
 def _check_sqlite_path(url: str) -> None:
@@ -71,7 +83,7 @@ class Database:
             async with self._engine.begin() as conn:
                 yield conn
         except DBAPIError as exc:
-            raise StorageError(f"database error: {exc.orig!r}", retriable=bool(exc.connection_invalidated)) from exc
+            raise StorageError(f"database error: {exc.orig!r}", retriable=_transient(exc)) from exc
         except (SQLAlchemyError, OSError) as exc:
             raise StorageError(f"database error: {exc!r}") from exc
 

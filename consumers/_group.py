@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -14,7 +15,11 @@ if TYPE_CHECKING:
 
     from ._context import HandlerContext
 
-__all__ = ["BackgroundTask", "ConsumerGroup", "GroupRegistry", "Handler"]
+__all__ = ["MAX_GROUP_NAME", "BackgroundTask", "ConsumerGroup", "GroupRegistry", "Handler"]
+
+MAX_GROUP_NAME = 200
+"""Longest group name (a dead letter's key is its group name)."""
+_GROUP_NAME = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_GROUP_NAME}}}")
 
 E = TypeVar("E", bound=Event)
 Handler = Callable[[Any, "HandlerContext"], Awaitable[None]]
@@ -37,8 +42,12 @@ class ConsumerGroup:
     def __init__(
         self, name: str, *, catalog: Catalog = CATALOG, retriable: tuple[type[BaseException], ...] = ()
     ) -> None:
-        if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-            msg = f"invalid group name {name!r}: use letters, digits, '-', '_' and '.'"
+        if (
+            not name
+            or len(name) > MAX_GROUP_NAME
+            or not name.replace("-", "").replace("_", "").replace(".", "").isalnum()
+        ):
+            msg = f"invalid group name {name!r}: 1 to {MAX_GROUP_NAME} letters, digits, '-', '_' and '.'"
             raise ConfigurationError(msg)
         self.name = name
         self.catalog = catalog
@@ -57,11 +66,11 @@ class ConsumerGroup:
         names = self._resolve(event_types)
 
         def register(func: Callable[[E, HandlerContext], Awaitable[None]]) -> Any:
-            for name in names:
-                if name in self._handlers:
-                    msg = f"group {self.name} already has a handler for {name}"
-                    raise ConfigurationError(msg)
-                self._handlers[name] = func
+            taken = [name for name in names if name in self._handlers]
+            if taken:  # checked before registering any, so a refused call changes nothing
+                msg = f"group {self.name} already has a handler for {', '.join(taken)}"
+                raise ConfigurationError(msg)
+            self._handlers.update(dict.fromkeys(names, func))
             return func
 
         return register

@@ -39,10 +39,11 @@ log = logging.getLogger("eventbus.consumer")
 class _Partition:
     """Dispatch state of one assigned partition."""
 
-    __slots__ = ("committed", "delayed", "done_offset", "paused", "queue", "stopped", "task", "tp", "wakeup")
+    __slots__ = ("committed", "delayed", "done_offset", "lag", "paused", "queue", "stopped", "task", "tp", "wakeup")
 
-    def __init__(self, tp: TopicPartition, *, delayed: bool = False) -> None:
+    def __init__(self, tp: TopicPartition, lag: Any, *, delayed: bool = False) -> None:
         self.tp = tp
+        self.lag = lag  # the partition's child of the lag gauge
         self.delayed = delayed  # a retry-tier partition: each record waits until it is due
         self.queue: deque[ConsumedRecord] = deque()
         self.done_offset: int | None = None  # 1 + offset of the last done record
@@ -133,7 +134,7 @@ class GroupRunner:
         finally:
             await self._shutdown(background)
         if self._background_error is not None:
-            msg = f"a background task of group {self.group.name} failed: {self._background_error!r}"
+            msg = f"group {self.group.name} stopped: {self._background_error!r}"
             raise EventBusError(msg) from self._background_error
 
     def _on_background_done(self, task: asyncio.Task[None]) -> None:
@@ -171,6 +172,10 @@ class GroupRunner:
         part.queue.extend(records)
         self._buffered += len(records)
         self._consumed.inc(len(records))
+        highwater = self._transport.highwater(tp)
+        if highwater is not None:
+            done = part.done_offset if part.done_offset is not None else records[0].offset
+            part.lag.set(max(0, highwater - done))
         if not part.paused and len(part.queue) >= self.config.max_buffered_per_partition:
             part.paused = True
             self._transport.pause({tp})
@@ -196,7 +201,8 @@ class GroupRunner:
         for tp in tps:
             if tp in self._parts:
                 continue
-            part = _Partition(tp, delayed=tp.topic in self._retry_topics)
+            lag = self._metrics.lag.labels(self.group.name, tp.topic, str(tp.partition))
+            part = _Partition(tp, lag, delayed=tp.topic in self._retry_topics)
             part.task = asyncio.create_task(self._dispatch(part), name=f"{self.group.name}:{tp.topic}:{tp.partition}")
             self._parts[tp] = part
         self.assigned.set()
@@ -248,7 +254,15 @@ class GroupRunner:
             async with self._slots:
                 if part.stopped:
                     return
-                done = await self._process(record)
+                try:
+                    done = await self._process(record)
+                except Exception as exc:
+                    # Not a handler failure (those are classified): the runtime itself failed. Stop the
+                    # group loudly rather than let this partition stall in silence.
+                    log.exception("dispatch of %s:%s failed; stopping the group", part.tp.topic, part.tp.partition)
+                    self._background_error = self._background_error or exc
+                    self._stop.set()
+                    return
             if not done:
                 return  # abandoned during shutdown: not committed, redelivered later
             part.queue.popleft()
@@ -393,8 +407,9 @@ class GroupRunner:
         if not offsets:
             return
         try:
-            await self._transport.commit(offsets)
-        except CommitFailedError as exc:
+            async with asyncio.timeout(self.config.commit_timeout_s):
+                await self._transport.commit(offsets)
+        except (CommitFailedError, TimeoutError) as exc:
             log.warning("commit failed; records after the last commit will be redelivered: %s", exc)
             return
         for part in parts:

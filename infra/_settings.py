@@ -143,7 +143,8 @@ class Settings(BaseSettings):
         """Group membership settings, after the profile defaults."""
         embedded = self.profile == "embedded"
         session = self.consumer_session_timeout_ms or (6_000 if embedded else 45_000)
-        heartbeat = self.consumer_heartbeat_interval_ms or (500 if embedded else 3_000)
+        # Unless set, the heartbeat follows the session timeout (at most a tenth of it).
+        heartbeat = self.consumer_heartbeat_interval_ms or min(500 if embedded else 3_000, session // 10)
         return _build(
             ConsumerConfig,
             auto_offset_reset=self.consumer_auto_offset_reset,
