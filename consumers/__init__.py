@@ -14,7 +14,7 @@ from ._builtin import BUILTIN_GROUP_NAMES, builtin_groups, builtin_migrations
 from ._cache import Cache, MemoryCache, RedisCache, open_cache
 from ._config import ConsumerConfig, RuntimeConfig
 from ._context import FOLLOW_UP_NAMESPACE, HandlerContext, follow_up_id
-from ._database import Database, Migration, async_url
+from ._database import Database, Migration, async_url, migrated_database
 from ._dead_letter import REPLAY_HEADER, build_dead_letter
 from ._group import BackgroundTask, ConsumerGroup, GroupRegistry, Handler
 from ._kafka import KafkaConsumerTransport
@@ -24,7 +24,7 @@ from ._resources import GroupSettings, Resources
 from ._retry import backoff_delay, is_retriable
 from ._runner import GroupRunner
 from ._store import PROCESSED_EVENTS_MIGRATION, Effects, ProcessedEventStore
-from ._transport import ConsumedRecord, ConsumerTransport, PartitionsCallback, TopicPartition
+from ._transport import ConsumedRecord, ConsumerTransport, PartitionsCallback, PlainRecord, TopicPartition
 
 __all__ = [
     "BUILTIN_GROUP_NAMES",
@@ -49,6 +49,7 @@ __all__ = [
     "MemoryCache",
     "Migration",
     "PartitionsCallback",
+    "PlainRecord",
     "ProcessedEventStore",
     "RedisCache",
     "Resources",
@@ -64,6 +65,7 @@ __all__ = [
     "follow_up_id",
     "group_id",
     "is_retriable",
+    "migrated_database",
     "open_cache",
     "run_groups",
 ]

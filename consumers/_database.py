@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from schemas.errors import ConfigurationError, StorageError
 
-__all__ = ["Database", "Migration", "async_url"]
+__all__ = ["Database", "Migration", "async_url", "migrated_database"]
 
 
 def async_url(url: str) -> str:
@@ -116,3 +116,17 @@ class Database:
     async def close(self) -> None:
         """Close every pooled connection."""
         await self._engine.dispose()
+
+
+@asynccontextmanager
+async def migrated_database(url: str, migrations: Sequence[Migration]) -> AsyncIterator[Database]:
+    """A database with ``migrations`` applied, closed when the block ends.
+
+    Example: ``async with migrated_database(url, MIGRATIONS) as database: ...``
+    """
+    database = Database(url)
+    try:
+        await database.migrate(migrations)
+        yield database
+    finally:
+        await database.close()

@@ -24,7 +24,7 @@ from schemas.errors import EventBusError
 
 from ._dead_letter import build_dead_letter
 from ._metrics import RuntimeMetrics
-from ._transport import ConsumedRecord
+from ._transport import ConsumedRecord, PlainRecord
 
 __all__ = ["RETRY_HEADER_PREFIX", "FailureRouter", "ParkedKeys", "RetryState", "retry_topic_name"]
 
@@ -81,19 +81,6 @@ class RetryState:
 def original_headers(record: ConsumedRecord) -> list[tuple[str, bytes]]:
     """``record``'s headers without the runtime's retry headers."""
     return [(k, v) for k, v in record.headers if not k.startswith(RETRY_HEADER_PREFIX)]
-
-
-@dataclass(frozen=True, slots=True)
-class _Origin:
-    """The original record behind a retried one, as its dead letter must describe it."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes]]
 
 
 class ParkedKeys:
@@ -191,7 +178,7 @@ class FailureRouter:
         if state is not None:
             topic, partition, offset = state.origin
             headers = original_headers(record)
-            source = _Origin(topic, partition, offset, record.timestamp, record.key, record.value, headers)
+            source = PlainRecord(topic, partition, offset, record.timestamp, record.key, record.value, headers)
             first_failure = datetime.fromtimestamp(state.first_failure_ms / 1000, UTC)
         letter = build_dead_letter(
             group=self.group,

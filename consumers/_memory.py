@@ -9,28 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 from producers import InMemoryBroker
 from schemas.errors import BrokerError, BrokerUnavailableError, CommitFailedError, UnknownTopicError
 
-from ._transport import ConsumedRecord, PartitionsCallback, TopicPartition
+from ._transport import ConsumedRecord, PartitionsCallback, PlainRecord, TopicPartition
 
 __all__ = ["InMemoryConsumerTransport"]
 
 _POLL_S = 0.002
-
-
-@dataclass(frozen=True, slots=True)
-class _Record:
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes]]
 
 
 class InMemoryConsumerTransport:
@@ -90,7 +77,8 @@ class InMemoryConsumerTransport:
             stored = log[position : position + budget]
             if stored:
                 batch[tp] = [
-                    _Record(tp.topic, tp.partition, r.offset, r.timestamp_ms, r.key, r.value, r.headers) for r in stored
+                    PlainRecord(tp.topic, tp.partition, r.offset, r.timestamp_ms, r.key, r.value, r.headers)
+                    for r in stored
                 ]
                 self._positions[tp] = position + len(stored)
                 budget -= len(stored)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-__all__ = ["ConsumedRecord", "ConsumerTransport", "PartitionsCallback", "TopicPartition"]
+__all__ = ["ConsumedRecord", "ConsumerTransport", "PartitionsCallback", "PlainRecord", "TopicPartition"]
 
 
 class TopicPartition(NamedTuple):
@@ -32,6 +33,19 @@ class ConsumedRecord(Protocol):
     def value(self) -> bytes | None: ...
     @property
     def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PlainRecord:
+    """A ``ConsumedRecord`` as a plain value (the fake's records; a retried record's original)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
 
 
 PartitionsCallback = Callable[[set[TopicPartition]], Awaitable[None]]

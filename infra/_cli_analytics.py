@@ -8,7 +8,7 @@ from datetime import datetime
 import click
 from rich.table import Table
 
-from consumers import PROCESSED_EVENTS_MIGRATION, Database
+from consumers import PROCESSED_EVENTS_MIGRATION, migrated_database
 from consumers.groups.analytics import MIGRATIONS, AnalyticsSummary, summary
 
 from ._cli_common import cli_errors, console, echo_json, parse_since
@@ -18,12 +18,8 @@ __all__ = ["analytics"]
 
 
 async def _summary(settings: Settings, since: datetime | None) -> AnalyticsSummary:
-    database = Database(settings.database_url)
-    try:
-        await database.migrate([PROCESSED_EVENTS_MIGRATION, *MIGRATIONS])
+    async with migrated_database(settings.database_url, [PROCESSED_EVENTS_MIGRATION, *MIGRATIONS]) as database:
         return await summary(database, since=since)
-    finally:
-        await database.close()
 
 
 @click.group()

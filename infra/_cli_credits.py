@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import AbstractAsyncContextManager
 from uuid import UUID, uuid4
 
 import click
 
-from consumers import PROCESSED_EVENTS_MIGRATION, Database
+from consumers import PROCESSED_EVENTS_MIGRATION, Database, migrated_database
 from consumers.groups.credits import MAX_BALANCE, MIGRATIONS, get_balance, grant_credits, ledger
 from producers import EventPublisher
 from schemas.errors import EventBusError, EventValidationError
@@ -18,37 +19,23 @@ from ._settings import Settings, load_settings
 __all__ = ["credits_group"]
 
 
-async def _open(settings: Settings) -> Database:
-    """The database with the credits tables migrated."""
-    database = Database(settings.database_url)
-    try:
-        await database.migrate([PROCESSED_EVENTS_MIGRATION, *MIGRATIONS])
-    except BaseException:
-        await database.close()
-        raise
-    return database
+def _database(settings: Settings) -> AbstractAsyncContextManager[Database]:
+    return migrated_database(settings.database_url, [PROCESSED_EVENTS_MIGRATION, *MIGRATIONS])
 
 
 async def _grant(settings: Settings, user_id: str, amount: int, grant_id: UUID) -> int:
     config = settings.publisher_config("eventbus-cli")
     publisher = EventPublisher(connection=settings.connection(), config=config)
     limit = settings.connect_timeout_s + config.delivery_timeout_s + 2 * settings.request_timeout_s
-    database = await _open(settings)
-    try:
-        # Connect first: an unreachable broker fails before the balance changes.
-        async with asyncio.timeout(limit), publisher:
-            return await grant_credits(database, publisher, user_id, amount, grant_id=grant_id)
-    finally:
-        await database.close()
+    # The publisher connects first: an unreachable broker fails before the balance changes.
+    async with _database(settings) as database, asyncio.timeout(limit), publisher:
+        return await grant_credits(database, publisher, user_id, amount, grant_id=grant_id)
 
 
 async def _balance(settings: Settings, user_id: str, with_ledger: bool) -> tuple[int, list[dict[str, object]]]:
-    database = await _open(settings)
-    try:
+    async with _database(settings) as database:
         balance = await get_balance(database, user_id)
         entries = [entry.as_dict() for entry in await ledger(database, user_id)] if with_ledger else []
-    finally:
-        await database.close()
     return balance, entries
 
 

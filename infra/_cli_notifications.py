@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import AbstractAsyncContextManager
 
 import click
 from rich.table import Table
 
-from consumers import PROCESSED_EVENTS_MIGRATION, Database
+from consumers import PROCESSED_EVENTS_MIGRATION, Database, migrated_database
 from consumers.groups.notifications import MIGRATIONS, InboxItem, list_notifications, mark_read
 
 from ._cli_common import cli_errors, console, echo_json, fail
@@ -16,31 +17,18 @@ from ._settings import Settings, load_settings
 __all__ = ["notifications_group"]
 
 
-async def _open(settings: Settings) -> Database:
-    """The database with the notifications tables migrated."""
-    database = Database(settings.database_url)
-    try:
-        await database.migrate([PROCESSED_EVENTS_MIGRATION, *MIGRATIONS])
-    except BaseException:
-        await database.close()
-        raise
-    return database
+def _database(settings: Settings) -> AbstractAsyncContextManager[Database]:
+    return migrated_database(settings.database_url, [PROCESSED_EVENTS_MIGRATION, *MIGRATIONS])
 
 
 async def _list(settings: Settings, user_id: str, unread_only: bool, limit: int) -> list[InboxItem]:
-    database = await _open(settings)
-    try:
+    async with _database(settings) as database:
         return await list_notifications(database, user_id, unread_only=unread_only, limit=limit)
-    finally:
-        await database.close()
 
 
 async def _mark_read(settings: Settings, notification_id: str) -> bool:
-    database = await _open(settings)
-    try:
+    async with _database(settings) as database:
         return await mark_read(database, notification_id)
-    finally:
-        await database.close()
 
 
 @click.group("notifications")

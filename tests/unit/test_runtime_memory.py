@@ -35,7 +35,7 @@ from consumers import (
     follow_up_id,
     is_retriable,
 )
-from consumers._memory import _Record as Record  # a ConsumedRecord as the fake transport delivers it
+from consumers import PlainRecord as Record
 from infra._settings import Settings
 from infra._topics import TOPIC_SPECS
 from producers import Delivery, EventPublisher, InMemoryBroker, KafkaConnection, OutgoingRecord, PublisherConfig
