@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from consumers import ConsumerConfig, RuntimeConfig
@@ -106,24 +106,13 @@ class Settings(BaseSettings):
             return self.replication_factor
         return 3 if self.profile == "kafka" else 1
 
+    def _same_named(self, kind: type[BaseModel]) -> dict[str, Any]:
+        """This object's values for the fields ``kind`` shares with it by name."""
+        return {name: getattr(self, name) for name in kind.model_fields if name in type(self).model_fields}
+
     def connection(self) -> KafkaConnection:
-        """The connection config for producers, consumers and admin."""
-        return _build(
-            KafkaConnection,
-            bootstrap_servers=self.bootstrap_servers,
-            client_id=self.client_id,
-            topic_prefix=self.topic_prefix,
-            security_protocol=self.security_protocol,
-            sasl_mechanism=self.sasl_mechanism,
-            sasl_username=self.sasl_username,
-            sasl_password=self.sasl_password,
-            ssl_cafile=self.ssl_cafile,
-            ssl_certfile=self.ssl_certfile,
-            ssl_keyfile=self.ssl_keyfile,
-            ssl_key_password=self.ssl_key_password,
-            request_timeout_s=self.request_timeout_s,
-            connect_timeout_s=self.connect_timeout_s,
-        )
+        """The connection config for producers, consumers and admin (every field has its setting's name)."""
+        return _build(KafkaConnection, **self._same_named(KafkaConnection))
 
     def publisher_config(self, service: str | None = None) -> PublisherConfig:
         """The publisher config; ``service`` overrides ``service_name``."""
@@ -169,19 +158,8 @@ class Settings(BaseSettings):
         return _build(RuntimeConfig, **fields)
 
     def group_settings(self) -> GroupSettings:
-        """Settings of the built-in groups (SMTP, payment gateway)."""
-        return _build(
-            GroupSettings,
-            smtp_host=self.smtp_host,
-            smtp_port=self.smtp_port,
-            smtp_username=self.smtp_username,
-            smtp_password=self.smtp_password,
-            smtp_starttls=self.smtp_starttls,
-            smtp_sender=self.smtp_sender,
-            gateway_latency_s=self.gateway_latency_s,
-            gateway_failure_rate=self.gateway_failure_rate,
-            payment_workers=self.payment_workers,
-        )
+        """Settings of the built-in groups (SMTP, payment gateway), by the same names."""
+        return _build(GroupSettings, **self._same_named(GroupSettings))
 
     def describe(self) -> dict[str, Any]:
         """Every setting with its effective value, secrets masked (for ``eventbus settings``)."""
