@@ -77,7 +77,7 @@ class HandlerContext:
         self.attempt = attempt
         self._publisher = publisher
         self._store = store
-        self._counts: Counter[str] = Counter()
+        self._counts: Counter[str] | None = None  # made on the first follow-up: most handlers publish none
 
     @property
     def correlation_id(self) -> str:
@@ -86,6 +86,8 @@ class HandlerContext:
 
     def follow_up(self, event: E) -> E:
         """``event`` with the metadata of a follow-up of this context's event (see ``follow_up_id``)."""
+        if self._counts is None:
+            self._counts = Counter()
         index = self._counts[event.event_type]
         self._counts[event.event_type] = index + 1
         source = self.event.metadata

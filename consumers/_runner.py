@@ -18,7 +18,7 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
-from producers import EventPublisher, caused_by
+from producers import EventPublisher, reset_cause, set_cause
 from schemas import AvroCodec, Event
 from schemas.errors import BrokerError, CommitFailedError, DecodeError, EventBusError
 
@@ -34,6 +34,9 @@ from ._transport import ConsumedRecord, ConsumerTransport, TopicPartition
 __all__ = ["GroupRunner"]
 
 log = logging.getLogger("eventbus.consumer")
+
+_RUN = 64
+"""Records a partition handles per turn with a handler slot."""
 
 
 class _Partition:
@@ -241,38 +244,49 @@ class GroupRunner:
     # -- dispatch ------------------------------------------------------------
 
     async def _dispatch(self, part: _Partition) -> None:
-        """Handle the partition's records one at a time, in offset order (invariant 3)."""
-        resume_below = self.config.max_buffered_per_partition // 2
+        """Handle the partition's records one at a time, in offset order (invariant 3).
+
+        A handler slot is held for a run of up to ``_RUN`` records, then given up (and the
+        loop yielded to), so partitions share the slots without a semaphore round per record.
+        """
         while not part.stopped:
             if not part.queue:
                 part.wakeup.clear()
                 await part.wakeup.wait()
                 continue
-            record = part.queue[0]
-            if part.delayed and not await self._until_due(record, part):
+            if part.delayed and not await self._until_due(part.queue[0], part):
                 return
             async with self._slots:
-                if part.stopped:
-                    return
-                try:
-                    done = await self._process(record)
-                except Exception as exc:
-                    # Not a handler failure (those are classified): the runtime itself failed. Stop the
-                    # group loudly rather than let this partition stall in silence.
-                    log.exception("dispatch of %s:%s failed; stopping the group", part.tp.topic, part.tp.partition)
-                    self._background_error = self._background_error or exc
-                    self._stop.set()
-                    return
-            if not done:
-                return  # abandoned during shutdown: not committed, redelivered later
-            part.queue.popleft()
-            part.done_offset = record.offset + 1
-            self._buffered -= 1
-            if part.paused and len(part.queue) <= resume_below:
-                part.paused = False
-                self._transport.resume({part.tp})
-            if self._buffered < self.config.max_buffered_total:
-                self._room.set()
+                for _ in range(1 if part.delayed else _RUN):
+                    if part.stopped or not part.queue:
+                        break
+                    if not await self._dispatch_one(part):
+                        return
+            await asyncio.sleep(0)
+
+    async def _dispatch_one(self, part: _Partition) -> bool:
+        """Process the partition's next record; False when the partition must stop dispatching."""
+        record = part.queue[0]
+        try:
+            done = await self._process(record)
+        except Exception as exc:
+            # Not a handler failure (those are classified): the runtime itself failed. Stop the
+            # group loudly rather than let this partition stall in silence.
+            log.exception("dispatch of %s:%s failed; stopping the group", part.tp.topic, part.tp.partition)
+            self._background_error = self._background_error or exc
+            self._stop.set()
+            return False
+        if not done:
+            return False  # abandoned during shutdown: not committed, redelivered later
+        part.queue.popleft()
+        part.done_offset = record.offset + 1
+        self._buffered -= 1
+        if part.paused and len(part.queue) <= self.config.max_buffered_per_partition // 2:
+            part.paused = False
+            self._transport.resume({part.tp})
+        if self._buffered < self.config.max_buffered_total:
+            self._room.set()
+        return True
 
     async def _until_due(self, record: ConsumedRecord, part: _Partition) -> bool:
         """Wait (holding no handler slot) until a retry-tier record is due; False if stopped meanwhile."""
@@ -351,14 +365,24 @@ class GroupRunner:
                 store=self._store,
             )
             started = time.perf_counter()
+            cause = set_cause(event)
             try:
-                with caused_by(event):
-                    await handler(event, context)
+                await handler(event, context)
             except Exception as exc:  # noqa: BLE001 - the handler boundary: every failure is classified
+                error: Exception | None = exc
+            else:
+                error = None
+            finally:
+                reset_cause(cause)
+            if error is None:
+                latency.observe(time.perf_counter() - started)
+                handled.inc()
+                done = True
+            else:
                 failed.inc()
                 now = datetime.now(UTC)
                 first_failure = first_failure or now
-                retriable = is_retriable(exc, self.group.retriable)
+                retriable = is_retriable(error, self.group.retriable)
                 if retriable and attempt < limit:
                     retried.inc()
                     if not await self._pause(backoff_delay(attempt, self.config)):
@@ -374,7 +398,7 @@ class GroupRunner:
                     )
                 done = await self._failures.dead_letter(
                     record,
-                    exc,
+                    error,
                     state=state,
                     attempts=previous + attempt,
                     first_failure=first_failure,
@@ -382,10 +406,6 @@ class GroupRunner:
                     event=event,
                     reason="failed",
                 )
-            else:
-                latency.observe(time.perf_counter() - started)
-                handled.inc()
-                done = True
             if done and self._parked is not None:
                 self._parked.release(record.key, origin)
             return done

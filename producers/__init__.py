@@ -8,13 +8,22 @@ Example::
 """
 
 from ._config import KafkaConnection, PublisherConfig
-from ._context import caused_by, correlation_scope, current_causation_id, current_correlation_id
+from ._context import (
+    CauseToken,
+    caused_by,
+    correlation_scope,
+    current_causation_id,
+    current_correlation_id,
+    reset_cause,
+    set_cause,
+)
 from ._kafka import KafkaProducerTransport, connect_with_retry, convert_kafka_error
 from ._memory import InMemoryBroker, InMemoryProducerTransport, StoredRecord, murmur2_partition
 from ._publisher import EventPublisher, PublishResult
 from ._transport import Delivery, OutgoingRecord, ProducerTransport
 
 __all__ = [
+    "CauseToken",
     "Delivery",
     "EventPublisher",
     "InMemoryBroker",
@@ -33,4 +42,6 @@ __all__ = [
     "current_causation_id",
     "current_correlation_id",
     "murmur2_partition",
+    "reset_cause",
+    "set_cause",
 ]

@@ -4,25 +4,40 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from uuid import UUID, uuid4
 
 from schemas import Event
 
-__all__ = ["caused_by", "correlation_scope", "current_causation_id", "current_correlation_id"]
+__all__ = [
+    "CauseToken",
+    "caused_by",
+    "correlation_scope",
+    "current_causation_id",
+    "current_correlation_id",
+    "reset_cause",
+    "set_cause",
+]
 
-_correlation_id: ContextVar[str | None] = ContextVar("eventbus_correlation_id", default=None)
-_causation_id: ContextVar[UUID | None] = ContextVar("eventbus_causation_id", default=None)
+# An Event here means "the correlation of this event", worked out only when something is published.
+_correlation: ContextVar[str | Event | None] = ContextVar("eventbus_correlation", default=None)
+_cause: ContextVar[Event | None] = ContextVar("eventbus_cause", default=None)
+
+CauseToken = tuple[Token[str | Event | None], Token[Event | None]]
 
 
 def current_correlation_id() -> str | None:
     """The correlation id of the current context, if any."""
-    return _correlation_id.get()
+    value = _correlation.get()
+    if isinstance(value, Event):
+        return value.metadata.correlation_id or str(value.metadata.event_id)
+    return value
 
 
 def current_causation_id() -> UUID | None:
     """The causing event id of the current context, if any."""
-    return _causation_id.get()
+    cause = _cause.get()
+    return None if cause is None else cause.metadata.event_id
 
 
 @contextmanager
@@ -35,11 +50,25 @@ def correlation_scope(correlation_id: str | None = None) -> Iterator[str]:
             await publisher.publish(event)
     """
     value = correlation_id or str(uuid4())
-    token = _correlation_id.set(value)
+    token = _correlation.set(value)
     try:
         yield value
     finally:
-        _correlation_id.reset(token)
+        _correlation.reset(token)
+
+
+def set_cause(source: Event) -> CauseToken:
+    """Make ``source`` the cause of what is published in this context until ``reset_cause``.
+
+    The allocation-free form of ``caused_by`` for hot paths (the consumer runtime).
+    """
+    return _correlation.set(source), _cause.set(source)
+
+
+def reset_cause(token: CauseToken) -> None:
+    """Undo ``set_cause``."""
+    _cause.reset(token[1])
+    _correlation.reset(token[0])
 
 
 @contextmanager
@@ -50,10 +79,8 @@ def caused_by(source: Event) -> Iterator[None]:
     (or use its event id when it had none).
     Example: ``with caused_by(event): await publisher.publish(follow_up)``
     """
-    correlation = source.metadata.correlation_id or str(source.metadata.event_id)
-    tokens = (_correlation_id.set(correlation), _causation_id.set(source.metadata.event_id))
+    token = set_cause(source)
     try:
         yield
     finally:
-        _causation_id.reset(tokens[1])
-        _correlation_id.reset(tokens[0])
+        reset_cause(token)
