@@ -65,6 +65,7 @@ class KafkaConsumerTransport:
             rebalance_timeout_ms=config.rebalance_timeout_ms,
             max_partition_fetch_bytes=config.max_partition_fetch_bytes,
             fetch_max_bytes=config.fetch_max_bytes,
+            fetch_max_wait_ms=config.fetch_max_wait_ms,
         )
         try:
             await connect_with_retry(consumer.start, self._connection, f"consumer group {self.group_id}")

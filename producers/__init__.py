@@ -18,7 +18,8 @@ from ._context import (
     set_cause,
 )
 from ._kafka import KafkaProducerTransport, connect_with_retry, convert_kafka_error
-from ._memory import InMemoryBroker, InMemoryProducerTransport, StoredRecord, murmur2_partition
+from ._memory import InMemoryBroker, InMemoryProducerTransport, StoredRecord
+from ._partitioner import KeyPartitioner, murmur2, murmur2_partition
 from ._publisher import EventPublisher, PublishResult
 from ._transport import Delivery, OutgoingRecord, ProducerTransport
 
@@ -30,6 +31,7 @@ __all__ = [
     "InMemoryProducerTransport",
     "KafkaConnection",
     "KafkaProducerTransport",
+    "KeyPartitioner",
     "OutgoingRecord",
     "ProducerTransport",
     "PublishResult",
@@ -41,6 +43,7 @@ __all__ = [
     "correlation_scope",
     "current_causation_id",
     "current_correlation_id",
+    "murmur2",
     "murmur2_partition",
     "reset_cause",
     "set_cause",

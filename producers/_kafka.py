@@ -31,7 +31,8 @@ from schemas.errors import (
 )
 
 from ._config import KafkaConnection, PublisherConfig
-from ._transport import Delivery, OutgoingRecord
+from ._partitioner import KeyPartitioner
+from ._transport import Delivery, DoneCallback, OutgoingRecord
 
 __all__ = ["KafkaProducerTransport", "connect_with_retry", "convert_kafka_error"]
 
@@ -85,6 +86,13 @@ class KafkaProducerTransport:
         self._connection = connection
         self._config = config
         self._producer: AIOKafkaProducer | None = None
+        self._open: dict[tuple[str, int], _OpenBatch] = {}
+        self._partition_counts: dict[str, int] = {}
+        self._round_robin = 0
+        self._partitioner = KeyPartitioner()
+        self._linger: asyncio.TimerHandle | None = None
+        self._shipping: set[asyncio.Task[None]] = set()
+        self._ship_lock = asyncio.Lock()
 
     def _new_producer(self) -> AIOKafkaProducer:
         config = self._config
@@ -127,6 +135,8 @@ class KafkaProducerTransport:
 
     async def stop(self) -> None:
         """Flush and close the producer."""
+        if self._producer is not None:
+            await self._ship_all()
         producer, self._producer = self._producer, None
         if producer is None:
             return
@@ -164,8 +174,68 @@ class KafkaProducerTransport:
         sent.add_done_callback(lambda done: _settle(done, result, record.topic))
         return result
 
+    async def append(self, record: OutgoingRecord, token: object, done: DoneCallback) -> None:
+        """Add the record to its partition's open batch; full batches ship at once, others after ``linger_ms``.
+
+        The partition is the Java client's: murmur2 of the key (round robin without a key).
+        """
+        producer = self._running()
+        count = self._partition_counts.get(record.topic)
+        if count is None:
+            count = self._partition_counts[record.topic] = await self._count_partitions(producer, record.topic)
+        if record.key is None:
+            self._round_robin += 1
+            partition = self._round_robin % count
+        else:
+            partition = self._partitioner.partition(record.key, count)
+        tp = (record.topic, partition)
+        batch = self._open.get(tp)
+        if batch is None:
+            batch = self._open[tp] = _OpenBatch(producer.create_batch(), done)
+        if batch.builder.append(timestamp=None, key=record.key, value=record.value, headers=record.headers) is None:
+            await self._ship(tp)
+            batch = self._open[tp] = _OpenBatch(producer.create_batch(), done)
+            if batch.builder.append(timestamp=None, key=record.key, value=record.value, headers=record.headers) is None:
+                done(token, MessageTooLargeError(len(record.value), self._config.max_batch_bytes, record.topic))
+                return
+        batch.tokens.append(token)
+        if self._linger is None:
+            self._linger = asyncio.get_running_loop().call_later(self._config.linger_ms / 1000, self._linger_expired)
+
+    async def _count_partitions(self, producer: AIOKafkaProducer, topic: str) -> int:
+        try:
+            partitions = await asyncio.wait_for(
+                producer.partitions_for(topic), timeout=self._connection.request_timeout_s
+            )
+        except (KafkaError, TimeoutError) as exc:
+            raise convert_kafka_error(exc, f"reading the partitions of {topic}", publishing=True) from exc
+        return len(partitions)
+
+    def _linger_expired(self) -> None:
+        self._linger = None
+        task = asyncio.get_running_loop().create_task(self._ship_all())
+        self._shipping.add(task)
+        task.add_done_callback(self._shipping.discard)
+
+    async def _ship_all(self) -> None:
+        for tp in list(self._open):
+            await self._ship(tp)
+
+    async def _ship(self, tp: tuple[str, int]) -> None:
+        batch = self._open.pop(tp, None)
+        if batch is None or not batch.tokens:
+            return
+        try:
+            async with self._ship_lock:  # batches reach the accumulator in the order they were closed
+                sent = await self._running().send_batch(batch.builder, tp[0], partition=tp[1])
+        except KafkaError as exc:
+            batch.settle(convert_kafka_error(exc, f"sending a batch to {tp[0]}", publishing=True))
+            return
+        sent.add_done_callback(batch.on_sent)
+
     async def flush(self) -> None:
-        """Send what aiokafka has buffered."""
+        """Send what is buffered (our open batches, then aiokafka's)."""
+        await self._ship_all()
         try:
             await asyncio.wait_for(self._running().flush(), timeout=self._config.delivery_timeout_s)
         except (TimeoutError, KafkaError) as exc:
@@ -186,3 +256,30 @@ def _settle(sent: asyncio.Future[Any], result: asyncio.Future[Delivery], topic: 
         return
     meta = sent.result()
     result.set_result(Delivery(meta.topic, meta.partition, meta.offset))
+
+
+class _OpenBatch:
+    """A partition's batch being filled, and the tokens of its records."""
+
+    __slots__ = ("builder", "done", "tokens")
+
+    def __init__(self, builder: Any, done: DoneCallback) -> None:
+        self.builder = builder
+        self.done = done
+        self.tokens: list[object] = []
+
+    def settle(self, error: BaseException | None) -> None:
+        for token in self.tokens:
+            self.done(token, error)
+
+    def on_sent(self, sent: asyncio.Future[Any]) -> None:
+        if sent.cancelled():
+            self.settle(PublishFailedError("a batch send was cancelled", retriable=True))
+            return
+        exc = sent.exception()
+        if exc is None:
+            self.settle(None)
+            return
+        error = convert_kafka_error(exc, "delivering a batch", publishing=True)
+        error.__cause__ = exc
+        self.settle(error)

@@ -12,42 +12,10 @@ from dataclasses import dataclass, field
 
 from schemas.errors import BrokerUnavailableError, PublishFailedError, UnknownTopicError
 
-from ._transport import Delivery, OutgoingRecord
+from ._partitioner import murmur2_partition
+from ._transport import Delivery, DoneCallback, OutgoingRecord
 
-__all__ = ["InMemoryBroker", "InMemoryProducerTransport", "StoredRecord", "murmur2_partition"]
-
-
-def _murmur2(data: bytes) -> int:
-    """Kafka's murmur2 hash (as in the Java client's default partitioner)."""
-    length = len(data)
-    seed = 0x9747B28C
-    m = 0x5BD1E995
-    h = (seed ^ length) & 0xFFFFFFFF
-    full = length - length % 4
-    for i in range(0, full, 4):
-        k = int.from_bytes(data[i : i + 4], "little")
-        k = (k * m) & 0xFFFFFFFF
-        k ^= k >> 24
-        k = (k * m) & 0xFFFFFFFF
-        h = (h * m) & 0xFFFFFFFF
-        h ^= k
-    rest = length % 4
-    if rest >= 3:
-        h ^= data[full + 2] << 16
-    if rest >= 2:
-        h ^= data[full + 1] << 8
-    if rest >= 1:
-        h ^= data[full]
-        h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 15
-    return h
-
-
-def murmur2_partition(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner picks for ``key``."""
-    return (_murmur2(key) & 0x7FFFFFFF) % partitions
+__all__ = ["InMemoryBroker", "InMemoryProducerTransport", "StoredRecord"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +103,18 @@ class InMemoryProducerTransport:
         except (UnknownTopicError, BrokerUnavailableError) as exc:
             future.set_exception(exc)
         return future
+
+    async def append(self, record: OutgoingRecord, token: object, done: DoneCallback) -> None:
+        """Store the record; report on the next turn of the event loop."""
+        if not self.started:
+            raise PublishFailedError("the producer is not started", retriable=False)
+        loop = asyncio.get_running_loop()
+        try:
+            self.broker.append(record)
+        except (UnknownTopicError, BrokerUnavailableError) as exc:
+            loop.call_soon(done, token, exc)
+        else:
+            loop.call_soon(done, token, None)  # acknowledged a moment later, as by a broker
 
     async def flush(self) -> None:
         """Nothing is buffered."""

@@ -78,8 +78,10 @@ class EventPublisher:
         self._topic_names = {spec.event_type: self.connection.topic(spec.topic) for spec in catalog}
         self._type_headers = {spec.event_type: spec.event_type.encode() for spec in catalog}
         self._buffer = asyncio.Semaphore(self.config.max_buffered_records)
-        self._pending: set[asyncio.Future[Delivery]] = set()
-        self._failures: list[tuple[UUID, EventBusError]] = []
+        self._in_flight = 0
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._failures: list[tuple[object, EventBusError]] = []
         self._failure_count = 0
         self._started = False
 
@@ -112,6 +114,10 @@ class EventPublisher:
                 await self.flush()
         finally:
             await self._transport.stop()
+
+    def _require_started(self) -> None:
+        if not self._started:
+            raise PublishFailedError("the publisher is not started (use `async with`)", retriable=False)
 
     async def refresh_topics(self) -> None:
         """Learn the broker's topics again (after creating some); publishing checks against them."""
@@ -148,12 +154,14 @@ class EventPublisher:
         ``EncodeError``, ``MessageTooLargeError``.
         """
         spec: EventSpec = self.catalog.spec_for(event)
+        meta = event.metadata
+        event_id = str(meta.event_id)
         updates = self._metadata_updates(event)
+        updates["event_id"] = event_id  # the Avro uuid as text: converted once, for the body and the header
         value = self._codec.encode_with(spec, event, updates)
         if len(value) > self.config.max_message_bytes:
             raise MessageTooLargeError(len(value), self.config.max_message_bytes, spec.event_type)
-        meta = event.metadata
-        headers = [("event-type", self._type_headers[spec.event_type]), ("event-id", str(meta.event_id).encode())]
+        headers = [("event-type", self._type_headers[spec.event_type]), ("event-id", event_id.encode())]
         correlation = updates.get("correlation_id", meta.correlation_id)
         if correlation is not None:
             headers.append(("correlation-id", correlation.encode()))
@@ -164,8 +172,7 @@ class EventPublisher:
         return OutgoingRecord(self._topic_names[spec.event_type], key, value, headers)
 
     async def _enqueue(self, event: Event) -> asyncio.Future[Delivery]:
-        if not self._started:
-            raise PublishFailedError("the publisher is not started (use `async with`)", retriable=False)
+        self._require_started()
         record = self.prepare(event)
         await self._check_topic(record.topic)
         return await self._transport.enqueue(record)
@@ -191,8 +198,7 @@ class EventPublisher:
 
         The topic must exist and the value respect ``max_message_bytes``; the bytes are not decoded.
         """
-        if not self._started:
-            raise PublishFailedError("the publisher is not started (use `async with`)", retriable=False)
+        self._require_started()
         if len(record.value) > self.config.max_message_bytes:
             raise MessageTooLargeError(len(record.value), self.config.max_message_bytes)
         await self._check_topic(record.topic)
@@ -206,8 +212,7 @@ class EventPublisher:
     async def publish_many(self, events: list[Event]) -> list[PublishResult]:
         """Publish several events and wait for all acknowledgements; all are checked before any is sent."""
         prepared = [self.prepare(event) for event in events]
-        if not self._started:
-            raise PublishFailedError("the publisher is not started (use `async with`)", retriable=False)
+        self._require_started()
         for topic in {record.topic for record in prepared}:
             await self._check_topic(topic)
         futures = [await self._transport.enqueue(record) for record in prepared]
@@ -216,32 +221,36 @@ class EventPublisher:
     async def send(self, event: Event) -> UUID:
         """Fire and forget: buffer the event and return its id without waiting for the broker.
 
+        Records are batched per partition (keys still choose the partition).
         Waits only when ``max_buffered_records`` are unacknowledged. Failures are
         raised by the next ``flush()``. Example: ``await publisher.send(event)``
         """
         await self._buffer.acquire()
+        self._in_flight += 1
+        self._drained.clear()
         try:
-            future = await self._enqueue(event)
+            self._require_started()
+            record = self.prepare(event)
+            await self._check_topic(record.topic)
+            await self._transport.append(record, event.event_id, self._on_sent)
         except BaseException:
-            self._buffer.release()
+            self._settled()
             raise
-        event_id = event.event_id
-        self._pending.add(future)
-        future.add_done_callback(lambda done: self._on_sent(done, event_id))
-        return event_id
+        return event.event_id
 
-    def _on_sent(self, future: asyncio.Future[Delivery], event_id: UUID) -> None:
-        self._pending.discard(future)
+    def _on_sent(self, token: object, error: BaseException | None) -> None:
+        self._settled()
+        if error is not None:
+            failure = error if isinstance(error, EventBusError) else PublishFailedError(repr(error))
+            self._record_failure(token, failure)
+
+    def _settled(self) -> None:
         self._buffer.release()
-        if future.cancelled():
-            self._record_failure(event_id, PublishFailedError("send was cancelled", retriable=True))
-            return
-        exc = future.exception()
-        if exc is not None:
-            error = exc if isinstance(exc, EventBusError) else PublishFailedError(repr(exc))
-            self._record_failure(event_id, error)
+        self._in_flight -= 1
+        if not self._in_flight:
+            self._drained.set()
 
-    def _record_failure(self, event_id: UUID, error: EventBusError) -> None:
+    def _record_failure(self, event_id: object, error: EventBusError) -> None:
         self._failure_count += 1
         if len(self._failures) < _MAX_KEPT_FAILURES:
             self._failures.append((event_id, error))
@@ -249,18 +258,18 @@ class EventPublisher:
     @property
     def pending(self) -> int:
         """Events given to ``send`` and not yet acknowledged."""
-        return len(self._pending)
+        return self._in_flight
 
     async def flush(self) -> None:
         """Wait until every ``send`` is acknowledged; raise ``PublishFailedError`` listing the failures."""
         if not self._started:
             return
         await self._transport.flush()
-        if self._pending:
-            _, not_done = await asyncio.wait(set(self._pending), timeout=self.config.delivery_timeout_s)
-            if not_done:
-                msg = f"{len(not_done)} events not acknowledged within {self.config.delivery_timeout_s:g} s"
-                raise PublishTimeoutError(msg)
+        try:
+            await asyncio.wait_for(self._drained.wait(), timeout=self.config.delivery_timeout_s)
+        except TimeoutError as exc:
+            msg = f"{self._in_flight} events not acknowledged within {self.config.delivery_timeout_s:g} s"
+            raise PublishTimeoutError(msg) from exc
         if self._failure_count:
             failures, count = self._failures, self._failure_count
             self._failures, self._failure_count = [], 0

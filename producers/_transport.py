@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["Delivery", "OutgoingRecord", "ProducerTransport"]
+__all__ = ["Delivery", "DoneCallback", "OutgoingRecord", "ProducerTransport"]
+
+DoneCallback = Callable[[object, BaseException | None], None]
+"""``done(token, error)``: a fire-and-forget record was acknowledged (error None) or failed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +52,9 @@ class ProducerTransport(Protocol):
     async def enqueue(self, record: OutgoingRecord) -> asyncio.Future[Delivery]:
         """Buffer a record, waiting for room; the future resolves when it is acknowledged."""
         ...
+
+    async def append(self, record: OutgoingRecord, token: object, done: DoneCallback) -> None:
+        """Fire and forget: buffer a record (batched per partition); ``done(token, error)`` follows."""
 
     async def flush(self) -> None:
         """Send everything buffered now."""
