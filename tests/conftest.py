@@ -4,6 +4,10 @@ Integration tests take ``kafka_target``, parametrized over the embedded Tansu
 broker (always) and Apache Kafka in Docker (testcontainers; skipped with a
 reason where no Docker engine runs). Each test gets its own topic prefix, so
 tests never see each other's records.
+
+Unit tests of the consumer groups take ``broker`` (the in-memory fake with every
+entity topic), ``publisher`` (started on it) and ``database_url`` (parametrized
+over SQLite in ``tmp_path`` and the shared PostgreSQL database).
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +25,8 @@ import pytest
 from infra._embedded import EmbeddedBroker
 from infra._settings import Profile, Settings
 from infra._topics import apply_topics
+from producers import EventPublisher, InMemoryBroker
+from tests.harness import POSTGRES_URL, new_broker
 
 
 @dataclass(frozen=True)
@@ -93,3 +100,22 @@ async def settings(kafka_target: KafkaTarget) -> Settings:
     value = make_settings(kafka_target)
     await apply_topics(value.connection(), replication_factor=value.replication)
     return value
+
+
+@pytest.fixture
+def broker() -> InMemoryBroker:
+    """The in-memory fake broker with every entity topic (``TOPIC_SPECS``)."""
+    return new_broker()
+
+
+@pytest.fixture
+async def publisher(broker: InMemoryBroker) -> AsyncIterator[EventPublisher]:
+    """A started publisher on ``broker``."""
+    async with EventPublisher(transport=broker.producer()) as value:
+        yield value
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test runs on a new SQLite file in ``tmp_path`` and on the shared PostgreSQL database."""
+    return f"sqlite:///{tmp_path}/t.sqlite" if request.param == "sqlite" else POSTGRES_URL

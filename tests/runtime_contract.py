@@ -8,11 +8,9 @@ refuses dead letters mid-run: only the fake does that cheaply, so it is in tests
 from __future__ import annotations
 
 import asyncio
-import inspect
 import random
-import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol, Self, cast
 from uuid import uuid4
@@ -21,6 +19,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 
+import tests.harness
 from consumers import (
     ConsumerGroup,
     ConsumerTransport,
@@ -38,14 +37,13 @@ from consumers import (
 from producers import Delivery, EventPublisher, KafkaConnection, OutgoingRecord, murmur2_partition
 from schemas import AvroCodec, Event, FatalHandlerError, RetriableHandlerError, SessionCreated, SystemErrorEvent
 from tests.events_factory import example_event
+from tests.harness import FAST
 
 __all__ = ["POSTGRES_URL", "RuntimeContract", "RuntimeHarness"]
 
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 CODEC = AvroCodec()
 SESSION_PARTITIONS = 6
-FAST: dict[str, Any] = {"backoff_initial_s": 0.01, "backoff_max_s": 0.05, "dead_letter_retry_s": 0.05}
-FAST.update(commit_interval_s=0.05, fetch_timeout_s=0.05)  # short backoff, commit and fetch intervals
 EFFECTS_TABLE = "CREATE TABLE IF NOT EXISTS runtime_contract_effects (group_name VARCHAR(200), event_id VARCHAR(36))"
 EFFECTS_MIGRATION = Migration(7_340_001, "runtime contract effects", [EFFECTS_TABLE])
 
@@ -69,18 +67,9 @@ class RuntimeHarness(Protocol):
         """The values of every record of an entity topic, waiting until at least ``count`` are there."""
 
 
-async def until(check: Callable[[], bool | Awaitable[bool]], what: str, timeout_s: float = 30.0) -> None:
-    """Poll ``check`` until it holds; fail naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-        await asyncio.sleep(0.02)
+async def until(check: Callable[[], object], what: str, timeout_s: float = 30.0) -> None:
+    """``tests.harness.until`` with the contract's default limit of 30 s (it runs on real brokers too)."""
+    await tests.harness.until(check, what, timeout_s)
 
 
 def session(key: str, seq: int = 0, **metadata: Any) -> SessionCreated:

@@ -7,11 +7,8 @@ The end-to-end test is async; the CLI test is sync (the commands call ``asyncio.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,24 +26,9 @@ from infra._cli_events import tail
 from infra._settings import Settings
 from producers import EventPublisher
 from schemas import CoachProfileUpdated, SessionCompleted, SessionCreated
+from tests.harness import POSTGRES_URL, REDIS_URL, until
 
 pytestmark = pytest.mark.integration
-
-POSTGRES_URL = "postgresql://root@127.0.0.1:5432/test"
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-async def until(check: Callable[[], bool | Awaitable[bool]], what: str, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def test_booking_completion_and_coach_update_flow_through_the_three_groups(settings: Settings) -> None:
@@ -112,7 +94,7 @@ async def test_booking_completion_and_coach_update_flow_through_the_three_groups
             seen = [await store.seen("analytics", event_id) for event_id in follow_ups]
             return all(seen) and await credit.get_balance(database, user) == 6
 
-        await until(settled, "the deduction, and analytics seeing every follow-up")
+        await until(settled, "the deduction, and analytics seeing every follow-up", interval_s=0.1)
         balance = await credit.get_balance(database, user)
         entries = await credit.ledger(database, user)
         cached = [await redis.get(cache_key) for cache_key in cache.coach_keys(coach)]

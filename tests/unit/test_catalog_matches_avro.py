@@ -20,10 +20,10 @@ from uuid import UUID
 import annotated_types
 import pytest
 from pydantic import AwareDatetime, BaseModel
-from pydantic.fields import FieldInfo
 
 from schemas import CATALOG, EventMetadata, EventSpec
 from schemas._avro import load_named_types
+from tests.harness import unwrap_annotated
 
 AVRO_INT = (-(2**31), 2**31 - 1)
 AVRO_LONG = (-(2**63), 2**63 - 1)
@@ -53,15 +53,6 @@ IDS = [spec.event_type for spec in SPECS]
 
 
 # -- the Avro type a model implies ---------------------------------------------
-
-
-def _unwrap(annotation: Any, metadata: list[Any]) -> tuple[Any, list[Any]]:
-    """Strip ``Annotated`` layers, collecting their constraints (FieldInfo metadata flattened)."""
-    while typing.get_origin(annotation) is typing.Annotated:
-        annotation, *extra = typing.get_args(annotation)
-        for item in extra:
-            metadata = [*metadata, *(item.metadata if isinstance(item, FieldInfo) else [item])]
-    return annotation, metadata
 
 
 def _int_type(metadata: list[Any]) -> str:
@@ -107,7 +98,7 @@ def record_of(model: type[BaseModel]) -> dict[str, Any]:
 
 def avro_type_of(annotation: Any, metadata: list[Any]) -> Any:
     """The Avro type of one annotation."""
-    annotation, metadata = _unwrap(annotation, metadata)
+    annotation, metadata = unwrap_annotated(annotation, metadata)
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         branches = [arg for arg in typing.get_args(annotation) if arg is not type(None)]

@@ -19,7 +19,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import AwareDatetime, BaseModel
-from pydantic.fields import FieldInfo
 
 from schemas import (
     CATALOG,
@@ -40,6 +39,7 @@ from schemas import (
     read_fingerprint,
 )
 from schemas._avro import load_event_schemas
+from tests.harness import unwrap_annotated
 
 SPECS = list(CATALOG)
 IDS = [spec.event_type for spec in SPECS]
@@ -60,14 +60,6 @@ MONEY = st.sampled_from([Decimal("0.01"), Decimal("1000.00"), Decimal("1000.01")
 )
 
 
-def _unwrap(annotation: Any, metadata: list[Any]) -> tuple[Any, list[Any]]:
-    while typing.get_origin(annotation) is typing.Annotated:
-        annotation, *extra = typing.get_args(annotation)
-        for item in extra:
-            metadata = [*metadata, *(item.metadata if isinstance(item, FieldInfo) else [item])]
-    return annotation, metadata
-
-
 def _bound(metadata: list[Any], kind: type, attr: str, pick: Any) -> Any:
     values = [getattr(m, attr) for m in metadata if isinstance(m, kind)]
     return pick(values) if values else None
@@ -75,7 +67,7 @@ def _bound(metadata: list[Any], kind: type, attr: str, pick: Any) -> Any:
 
 def strategy_for(annotation: Any, metadata: list[Any]) -> st.SearchStrategy[Any]:
     """Values valid for one annotated field; the tightest bound of each kind wins."""
-    annotation, metadata = _unwrap(annotation, metadata)
+    annotation, metadata = unwrap_annotated(annotation, metadata)
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         (branch,) = [arg for arg in typing.get_args(annotation) if arg is not type(None)]

@@ -10,99 +10,38 @@ shared PostgreSQL database never fall in a test's window.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import random
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 
-from consumers import (
-    PROCESSED_EVENTS_MIGRATION,
-    ConsumerGroup,
-    Database,
-    GroupRunner,
-    InMemoryConsumerTransport,
-    ProcessedEventStore,
-    RuntimeConfig,
-    RuntimeMetrics,
-)
+from consumers import ConsumerGroup, Database, ProcessedEventStore
 from consumers._cache import MemoryCache
 from consumers._resources import GroupSettings, Resources
 from consumers.groups.analytics import BUCKETS, MIGRATIONS, Bucket, bucket_start, build, counts, summary
 from infra._cli_analytics import analytics as cli
-from infra._topics import TOPIC_SPECS
-from producers import EventPublisher, InMemoryBroker
+from producers import EventPublisher
 from schemas import CATALOG, Event, SessionCreated
 from tests.events_factory import example_event
-
-POSTGRES_URL = "postgresql://root@127.0.0.1:5432/test"
-FAST: dict[str, Any] = {
-    "backoff_initial_s": 0.01,
-    "backoff_max_s": 0.05,
-    "commit_interval_s": 0.05,
-    "fetch_timeout_s": 0.05,
-    "dead_letter_retry_s": 0.05,
-}
-
+from tests.harness import migrated_database, new_broker, run_until_drained
 
 # -- harness ------------------------------------------------------------------------------------
 
 
-async def until(check: Callable[[], bool | Awaitable[bool]], what: str, timeout_s: float = 30.0) -> None:
-    """Poll ``check`` until it holds; fail naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def new_broker() -> InMemoryBroker:
-    broker = InMemoryBroker()
-    for spec in TOPIC_SPECS:
-        broker.create_topic(spec.name, spec.partitions)
-    return broker
-
-
-async def open_database(url: str) -> Database:
-    database = Database(url)
-    await database.migrate([PROCESSED_EVENTS_MIGRATION, *MIGRATIONS])
-    return database
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    url = f"sqlite:///{tmp_path}/t.sqlite" if request.param == "sqlite" else POSTGRES_URL
-    value = await open_database(url)
-    yield value
-    await value.close()
+@pytest.fixture
+async def database(database_url: str) -> AsyncIterator[Database]:
+    async with migrated_database(database_url, MIGRATIONS) as value:
+        yield value
 
 
 def analytics_group(database: Database) -> ConsumerGroup:
     return build(Resources(database=database, cache=MemoryCache(), settings=GroupSettings()))
-
-
-def drained(broker: InMemoryBroker, group: ConsumerGroup) -> bool:
-    committed = broker.group_offsets.get(group.name, {})
-    return all(
-        committed.get((topic, index), 0) >= len(log)
-        for topic in group.topics
-        for index, log in enumerate(broker.topics[topic])
-    )
 
 
 async def count_published(events: list[Event], database: Database, *, twice: bool = True) -> None:
@@ -112,21 +51,7 @@ async def count_published(events: list[Event], database: Database, *, twice: boo
     group = analytics_group(database)
     async with EventPublisher(transport=broker.producer()) as publisher:
         await publisher.publish_many(events + events if twice else events)
-        runner = GroupRunner(
-            group,
-            transport=InMemoryConsumerTransport(broker, group.name),
-            publisher=publisher,
-            config=RuntimeConfig(**FAST),
-            store=ProcessedEventStore(database),
-            metrics=RuntimeMetrics(CollectorRegistry()),
-        )
-        stop = asyncio.Event()
-        task = asyncio.create_task(runner.run(stop))
-        try:
-            await until(lambda: drained(broker, group) or task.done(), "every record handled and committed")
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, timeout=30)
+        await run_until_drained(group, broker, publisher, store=ProcessedEventStore(database), timeout_s=30.0)
 
 
 def far_day() -> datetime:
@@ -239,13 +164,10 @@ async def test_summary_since_counts_whole_minutes_from_the_minute_of_since(datab
 
 
 async def test_summary_of_all_time_reads_the_day_buckets(tmp_path: Path) -> None:
-    database = await open_database(f"sqlite:///{tmp_path}/all.sqlite")
-    try:
+    async with migrated_database(f"sqlite:///{tmp_path}/all.sqlite", MIGRATIONS) as database:
         events = catalog_events(far_day())
         await count_published(events, database)
         result = await summary(database)
-    finally:
-        await database.close()
 
     assert result.precision == "day"
     assert (result.since, result.until) == (None, None)
@@ -267,11 +189,8 @@ def test_cli_summary_prints_counts_as_a_table_or_json(tmp_path: Path) -> None:
     ]
 
     async def seed() -> None:
-        database = await open_database(url)
-        try:
+        async with migrated_database(url, MIGRATIONS) as database:
             await count_published(events, database)
-        finally:
-            await database.close()
 
     asyncio.run(seed())
     env = {"EVENTBUS_DATABASE_URL": url}

@@ -4,71 +4,22 @@ naming them (the same event on every delivery, invariant 5); an unreachable Redi
 
 from __future__ import annotations
 
-import asyncio
-import inspect
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 from uuid import uuid4
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from consumers import (
-    ConsumerGroup,
-    Database,
-    GroupRunner,
-    InMemoryConsumerTransport,
-    RuntimeConfig,
-    RuntimeMetrics,
-    follow_up_id,
-)
+from consumers import ConsumerGroup, Database, RuntimeConfig, follow_up_id
 from consumers._cache import Cache, MemoryCache, RedisCache
 from consumers._resources import GroupSettings, Resources
 from consumers.groups.cache import COACH_LIST_KEY, MIGRATIONS, build, coach_keys, coach_profile_key
-from infra._topics import TOPIC_SPECS
 from producers import EventPublisher, InMemoryBroker
 from schemas import AvroCodec, CacheCoachDataRefreshed, Event, SystemErrorEvent
 from tests.events_factory import example_event
+from tests.harness import FAST, REDIS_URL, run_until_drained
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 CODEC = AvroCodec()
-FAST: dict[str, Any] = {
-    "backoff_initial_s": 0.01,
-    "backoff_max_s": 0.05,
-    "commit_interval_s": 0.05,
-    "fetch_timeout_s": 0.05,
-    "dead_letter_retry_s": 0.05,
-}
 COACH_TYPES = ["coach:profile_updated", "coach:rating_updated", "coach:status_changed"]
-
-
-async def until(check: Callable[[], bool | Awaitable[bool]], what: str, timeout_s: float = 20.0) -> None:
-    """Poll ``check`` until it holds; fail naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-def broker() -> InMemoryBroker:
-    value = InMemoryBroker()
-    for spec in TOPIC_SPECS:
-        value.create_topic(spec.name, spec.partitions)
-    return value
-
-
-@pytest.fixture
-async def publisher(broker: InMemoryBroker) -> AsyncIterator[EventPublisher]:
-    async with EventPublisher(transport=broker.producer()) as value:
-        yield value
 
 
 @pytest.fixture(params=["redis", "memory"])
@@ -81,35 +32,6 @@ async def cache(request: pytest.FixtureRequest) -> AsyncIterator[Cache]:
 def cache_group(cache: Cache) -> ConsumerGroup:
     # The group touches no database; an unopened engine satisfies Resources.
     return build(Resources(database=Database("sqlite:///unused.sqlite"), cache=cache, settings=GroupSettings()))
-
-
-def drained(broker: InMemoryBroker, group: ConsumerGroup) -> bool:
-    committed = broker.group_offsets.get(group.name, {})
-    return all(
-        committed.get((topic, index), 0) >= len(log)
-        for topic in group.topics
-        for index, log in enumerate(broker.topics[topic])
-    )
-
-
-async def run_until_drained(
-    group: ConsumerGroup, broker: InMemoryBroker, publisher: EventPublisher, **config: Any
-) -> None:
-    """Run ``group`` (no processed-events store: it needs none) until every record is done."""
-    runner = GroupRunner(
-        group,
-        transport=InMemoryConsumerTransport(broker, group.name),
-        publisher=publisher,
-        config=RuntimeConfig(**{**FAST, **config}),
-        metrics=RuntimeMetrics(CollectorRegistry()),
-    )
-    stop = asyncio.Event()
-    task = asyncio.create_task(runner.run(stop))
-    try:
-        await until(lambda: drained(broker, group) or task.done(), "every record handled and committed")
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=30)
 
 
 def refreshed(broker: InMemoryBroker) -> list[CacheCoachDataRefreshed]:
@@ -173,7 +95,9 @@ async def test_an_unreachable_redis_is_retried_then_dead_lettered(
     source: Event = example_event("coach:status_changed", coach_id=f"coach-{uuid4().hex[:12]}")
     await publisher.publish(source)
     try:
-        await run_until_drained(cache_group(unreachable), broker, publisher, max_attempts=2)
+        await run_until_drained(
+            cache_group(unreachable), broker, publisher, config=RuntimeConfig(**FAST, max_attempts=2)
+        )
     finally:
         await unreachable.close()
 

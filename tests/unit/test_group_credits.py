@@ -5,31 +5,16 @@ goes negative, grants are idempotent; and ``eventbus credits balance``/``grant``
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 from uuid import uuid4
 
 import pytest
 from click.testing import CliRunner
-from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 
-from consumers import (
-    PROCESSED_EVENTS_MIGRATION,
-    ConsumerGroup,
-    Database,
-    GroupRunner,
-    HandlerContext,
-    InMemoryConsumerTransport,
-    ProcessedEventStore,
-    RuntimeConfig,
-    RuntimeMetrics,
-    follow_up_id,
-)
+from consumers import ConsumerGroup, Database, HandlerContext, ProcessedEventStore, follow_up_id
 from consumers._cache import MemoryCache
 from consumers._resources import GroupSettings, Resources
 from consumers.groups.credits import (
@@ -43,105 +28,26 @@ from consumers.groups.credits import (
     ledger,
 )
 from infra._cli_credits import credits_group as cli
-from infra._topics import TOPIC_SPECS
 from producers import EventPublisher, InMemoryBroker
 from schemas import AvroCodec, CreditsReason, Event, SessionCompleted, SystemErrorEvent, UserCreditsUpdated
 from schemas.errors import EventValidationError
 from tests.events_factory import example_event
+from tests.harness import migrated_database, new_broker, run_until_drained, until
 
-POSTGRES_URL = "postgresql://root@127.0.0.1:5432/test"
 CODEC = AvroCodec()
-FAST: dict[str, Any] = {
-    "backoff_initial_s": 0.01,
-    "backoff_max_s": 0.05,
-    "commit_interval_s": 0.05,
-    "fetch_timeout_s": 0.05,
-    "dead_letter_retry_s": 0.05,
-}
 
 
 # -- harness ------------------------------------------------------------------------------------
 
 
-async def until(check: Callable[[], bool | Awaitable[bool]], what: str, timeout_s: float = 20.0) -> None:
-    """Poll ``check`` until it holds; fail naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def new_broker() -> InMemoryBroker:
-    broker = InMemoryBroker()
-    for spec in TOPIC_SPECS:
-        broker.create_topic(spec.name, spec.partitions)
-    return broker
-
-
 @pytest.fixture
-def broker() -> InMemoryBroker:
-    return new_broker()
-
-
-@pytest.fixture
-async def publisher(broker: InMemoryBroker) -> AsyncIterator[EventPublisher]:
-    async with EventPublisher(transport=broker.producer()) as value:
+async def database(database_url: str) -> AsyncIterator[Database]:
+    async with migrated_database(database_url, MIGRATIONS) as value:
         yield value
-
-
-async def open_database(url: str) -> Database:
-    database = Database(url)
-    await database.migrate([PROCESSED_EVENTS_MIGRATION, *MIGRATIONS])
-    return database
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    url = f"sqlite:///{tmp_path}/t.sqlite" if request.param == "sqlite" else POSTGRES_URL
-    value = await open_database(url)
-    yield value
-    await value.close()
 
 
 def credits_group(database: Database) -> ConsumerGroup:
     return build(Resources(database=database, cache=MemoryCache(), settings=GroupSettings()))
-
-
-def drained(broker: InMemoryBroker, group: ConsumerGroup) -> bool:
-    """Whether the group committed past every record of its topics."""
-    committed = broker.group_offsets.get(group.name, {})
-    return all(
-        committed.get((topic, index), 0) >= len(log)
-        for topic in group.topics
-        for index, log in enumerate(broker.topics[topic])
-    )
-
-
-async def run_until_drained(
-    group: ConsumerGroup, broker: InMemoryBroker, publisher: EventPublisher, database: Database
-) -> None:
-    """Run ``group`` on the fake broker until every record is done, then shut it down."""
-    runner = GroupRunner(
-        group,
-        transport=InMemoryConsumerTransport(broker, group.name),
-        publisher=publisher,
-        config=RuntimeConfig(**FAST),
-        store=ProcessedEventStore(database),
-        metrics=RuntimeMetrics(CollectorRegistry()),
-    )
-    stop = asyncio.Event()
-    task = asyncio.create_task(runner.run(stop))
-    try:
-        await until(lambda: drained(broker, group) or task.done(), "every record handled and committed")
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=30)
 
 
 def decoded(broker: InMemoryBroker, topic: str) -> list[Event]:
@@ -175,7 +81,7 @@ async def test_completed_session_delivered_twice_is_deducted_once_and_updates_ar
     session = completed(user, 3)
     await publisher.publish_many([session, session])
 
-    await run_until_drained(credits_group(database), broker, publisher, database)
+    await run_until_drained(credits_group(database), broker, publisher, store=ProcessedEventStore(database))
 
     assert await get_balance(database, user) == 7
     entries = await ledger(database, user)
@@ -207,7 +113,7 @@ async def test_insufficient_credits_are_dead_lettered_with_the_reason_and_the_ba
     await publisher.publish(session)
     group = credits_group(database)
 
-    await run_until_drained(group, broker, publisher, database)
+    await run_until_drained(group, broker, publisher, store=ProcessedEventStore(database))
 
     (letter,) = decoded(broker, "system")
     assert isinstance(letter, SystemErrorEvent)
@@ -223,7 +129,7 @@ async def test_insufficient_credits_are_dead_lettered_with_the_reason_and_the_ba
 
     await grant_credits(database, publisher, user, 10)
     await publisher.publish(session)  # the replay of the dead letter
-    await run_until_drained(group, broker, publisher, database)
+    await run_until_drained(group, broker, publisher, store=ProcessedEventStore(database))
     assert await get_balance(database, user) == 7
     assert [u.balance for u in updates(broker, user)] == [2, 12, 7]
 
@@ -353,12 +259,11 @@ def test_cli_balance_prints_the_balance_and_the_ledger(tmp_path: Path) -> None:
     user = new_user()
 
     async def seed() -> None:
-        database = await open_database(url)
-        try:
-            async with EventPublisher(transport=new_broker().producer()) as publisher:
-                await grant_credits(database, publisher, user, 12)
-        finally:
-            await database.close()
+        async with (
+            migrated_database(url, MIGRATIONS) as database,
+            EventPublisher(transport=new_broker().producer()) as publisher,
+        ):
+            await grant_credits(database, publisher, user, 12)
 
     asyncio.run(seed())
     env = {"EVENTBUS_DATABASE_URL": url}

@@ -12,16 +12,15 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-import inspect
 import json
 import socket
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from email.message import EmailMessage
+from functools import partial
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -30,18 +29,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from click.testing import CliRunner
-from prometheus_client import CollectorRegistry
 
-from consumers import (
-    PROCESSED_EVENTS_MIGRATION,
-    ConsumerGroup,
-    Database,
-    GroupRunner,
-    InMemoryConsumerTransport,
-    ProcessedEventStore,
-    RuntimeConfig,
-    RuntimeMetrics,
-)
+from consumers import ConsumerGroup, Database, ProcessedEventStore, RuntimeConfig
 from consumers._cache import MemoryCache
 from consumers._resources import GroupSettings, Resources
 from consumers.groups.notifications import (
@@ -61,7 +50,6 @@ from consumers.groups.notifications import (
     notification_id,
 )
 from infra._cli_notifications import notifications_group
-from infra._topics import TOPIC_SPECS
 from producers import EventPublisher, InMemoryBroker
 from schemas import (
     AvroCodec,
@@ -77,8 +65,9 @@ from schemas import (
     SystemErrorEvent,
     UserCreditsUpdated,
 )
+from tests import harness
+from tests.harness import migrated_database, running_group
 
-POSTGRES_URL = "postgresql://root@127.0.0.1:5432/test"
 DOMAIN = "users.test.example"
 CODEC = AvroCodec()
 WHEN = datetime(2025, 6, 2, 16, 0, tzinfo=timezone(timedelta(hours=2)))  # 14:00 UTC
@@ -87,61 +76,26 @@ WHEN = datetime(2025, 6, 2, 16, 0, tzinfo=timezone(timedelta(hours=2)))  # 14:00
 # -- fixtures and helpers -----------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    url = f"sqlite:///{tmp_path}/t.sqlite" if request.param == "sqlite" else POSTGRES_URL
-    db = Database(url)
-    try:
-        await db.migrate([PROCESSED_EVENTS_MIGRATION, *MIGRATIONS])
-        yield db
-    finally:
-        await db.close()
-
-
 @pytest.fixture
-def broker() -> InMemoryBroker:
-    fake = InMemoryBroker()
-    for spec in TOPIC_SPECS:
-        fake.create_topic(spec.name, spec.partitions)
-    return fake
+async def database(database_url: str) -> AsyncIterator[Database]:
+    async with migrated_database(database_url, MIGRATIONS) as db:
+        yield db
 
 
 @asynccontextmanager
 async def running(broker: InMemoryBroker, group: ConsumerGroup, database: Database) -> AsyncIterator[EventPublisher]:
     """Run ``group`` on the fake until the block ends; yields a publisher on the same broker."""
-    async with EventPublisher(transport=broker.producer()) as publisher:
-        runner = GroupRunner(
-            group,
-            transport=InMemoryConsumerTransport(broker, group.name),
-            publisher=publisher,
-            config=RuntimeConfig(backoff_initial_s=0.01),
-            store=ProcessedEventStore(database),
-            metrics=RuntimeMetrics(CollectorRegistry()),
-        )
-        stop = asyncio.Event()
-        task = asyncio.create_task(runner.run(stop))
-        try:
-            yield publisher
-        finally:
-            stop.set()
-            await task
+    config = RuntimeConfig(backoff_initial_s=0.01)
+    async with running_group(group, broker, config, store=ProcessedEventStore(database)) as run:
+        yield run.publisher
 
 
 def group_for(database: Database, **settings: Any) -> ConsumerGroup:
     return build(Resources(database=database, cache=MemoryCache(), settings=GroupSettings(**settings)))
 
 
-async def until(predicate: Callable[[], bool | Awaitable[bool]], timeout_s: float = 10.0) -> None:
-    """Poll ``predicate`` until it holds; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = predicate()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
+# The groups here settle within 10 s; poll every 10 ms.
+until = partial(harness.until, timeout_s=10.0, interval_s=0.01)
 
 
 def sent_for(broker: InMemoryBroker, source: Event) -> list[NotificationSent]:
@@ -639,15 +593,11 @@ def test_cli_lists_a_users_notifications_as_json_and_table(tmp_path: Path) -> No
     first, second = stored(user, "Sesión confirmada"), stored(user, "Pago procesado")
 
     async def seed() -> None:
-        db = Database(url)
-        try:
-            await db.migrate([PROCESSED_EVENTS_MIGRATION, *MIGRATIONS])
+        async with migrated_database(url, MIGRATIONS) as db:
             async with db.begin() as conn:
                 await InboxChannel(conn).deliver(first)
                 await InboxChannel(conn).deliver(second)
             await mark_read(db, first.notification_id)
-        finally:
-            await db.close()
 
     asyncio.run(seed())
     runner = CliRunner()

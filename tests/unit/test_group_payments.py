@@ -7,10 +7,9 @@ the priority test filters by its own run id and deletes its rows afterwards.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -19,19 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 
-from consumers import (
-    PROCESSED_EVENTS_MIGRATION,
-    Database,
-    GroupRunner,
-    InMemoryConsumerTransport,
-    ProcessedEventStore,
-    RuntimeConfig,
-    RuntimeMetrics,
-    follow_up_id,
-)
+from consumers import Database, GroupRunner, ProcessedEventStore, RuntimeConfig, follow_up_id
 from consumers._cache import MemoryCache
 from consumers._resources import GroupSettings, Resources
 from consumers.groups.payments import (
@@ -45,31 +34,16 @@ from consumers.groups.payments import (
     build,
     queue_depth,
 )
-from infra._topics import TOPIC_SPECS
 from producers import EventPublisher, InMemoryBroker
 from schemas import AvroCodec, Event, PaymentFailed, PaymentProcessed, PaymentProcessRequired
+from tests.harness import POSTGRES_URL, migrated_database, running_group, until
 
-POSTGRES_URL = "postgresql://root@127.0.0.1:5432/test"
 CODEC = AvroCodec()
 FAST_RUNTIME = RuntimeConfig(backoff_initial_s=0.01, commit_interval_s=0.05, fetch_timeout_s=0.05, concurrency=6)
 FAST_WORKERS = WorkerOptions(poll_s=0.05, retry_backoff_s=0.01, max_charge_attempts=3)
 
 
 # -- helpers ----------------------------------------------------------------------
-
-
-async def until(check: Callable[[], Any], what: str, timeout_s: float = 20.0) -> None:
-    """Poll ``check`` (sync or async) until it is truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def uid(label: str) -> str:
@@ -119,33 +93,16 @@ class RecordingGateway:
         return await self.inner.charge(payment_id, amount, currency, idempotency_key=idempotency_key)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    url = f"sqlite:///{tmp_path}/t.sqlite" if request.param == "sqlite" else POSTGRES_URL
-    db = Database(url)
-    await db.migrate([PROCESSED_EVENTS_MIGRATION, *MIGRATIONS])
-    try:
+@pytest.fixture
+async def database(database_url: str) -> AsyncIterator[Database]:
+    async with migrated_database(database_url, MIGRATIONS) as db:
         yield db
-    finally:
-        await db.close()
 
 
 @pytest.fixture
 async def postgres() -> AsyncIterator[Database]:
-    db = Database(POSTGRES_URL)
-    await db.migrate([PROCESSED_EVENTS_MIGRATION, *MIGRATIONS])
-    try:
+    async with migrated_database(POSTGRES_URL, MIGRATIONS) as db:
         yield db
-    finally:
-        await db.close()
-
-
-@pytest.fixture
-def broker() -> InMemoryBroker:
-    fake = InMemoryBroker()
-    for spec in TOPIC_SPECS:
-        fake.create_topic(spec.name, spec.partitions)
-    return fake
 
 
 @asynccontextmanager
@@ -160,22 +117,9 @@ async def running(
     """The payments group running on ``broker``; yields the publisher the test publishes with."""
     settings = GroupSettings(payment_workers=workers)
     group = build(Resources(database, MemoryCache(), settings), gateway=gateway, options=options)
-    async with EventPublisher(transport=broker.producer()) as publisher:
-        runner = GroupRunner(
-            group,
-            transport=InMemoryConsumerTransport(broker, group.name),
-            publisher=publisher,
-            config=FAST_RUNTIME,
-            store=ProcessedEventStore(database),
-            metrics=RuntimeMetrics(CollectorRegistry()),
-        )
-        stop = asyncio.Event()
-        task = asyncio.create_task(runner.run(stop))
-        try:
-            yield publisher, runner
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, timeout=10)
+    store = ProcessedEventStore(database)
+    async with running_group(group, broker, FAST_RUNTIME, store=store, stop_timeout_s=10) as run:
+        yield run.publisher, run.runner
 
 
 def all_payment_records_done(broker: InMemoryBroker, runner: GroupRunner) -> bool:
@@ -401,12 +345,10 @@ async def test_stuck_charging_row_is_reclaimed_after_the_lease_and_charged_idemp
 async def test_queue_depth_counts_rows_by_state_and_claims_high_priority_first(
     broker: InMemoryBroker, tmp_path: Path
 ) -> None:
-    database = Database(f"sqlite:///{tmp_path}/depth.sqlite")
-    await database.migrate([PROCESSED_EVENTS_MIGRATION, *MIGRATIONS])
     gate = asyncio.Event()
     gateway = RecordingGateway(gate=gate)
     blocker, normal_a, normal_b, high = uid("blocker"), uid("a"), uid("b"), uid("high")
-    try:
+    async with migrated_database(f"sqlite:///{tmp_path}/depth.sqlite", MIGRATIONS) as database:
         async with running(broker, database, gateway, workers=1) as (publisher, _):
             await publisher.publish(request(blocker, "5.00"))
             await until(lambda: gateway.calls, "the only worker busy with the blocker")
@@ -428,8 +370,6 @@ async def test_queue_depth_counts_rows_by_state_and_claims_high_priority_first(
         assert sorted(order[2:]) == sorted([normal_a, normal_b])
         depth = await queue_depth(database)
         assert (depth["processed"], depth["pending_normal"], depth["charging"]) == (4, 0, 0)
-    finally:
-        await database.close()
 
 
 async def all_rows(database: Database, count: int) -> bool:
@@ -442,17 +382,13 @@ async def all_processed(database: Database, count: int) -> bool:
 
 
 async def test_idle_workers_stop_promptly(broker: InMemoryBroker, tmp_path: Path) -> None:
-    database = Database(f"sqlite:///{tmp_path}/idle.sqlite")
-    await database.migrate([PROCESSED_EVENTS_MIGRATION, *MIGRATIONS])
     slow_poll = WorkerOptions(poll_s=30.0)
-    try:
+    async with migrated_database(f"sqlite:///{tmp_path}/idle.sqlite", MIGRATIONS) as database:
         async with running(broker, database, RecordingGateway(), workers=3, options=slow_poll) as (_, runner):
             await until(runner.assigned.is_set, "the assignment")
             await asyncio.sleep(0.1)
             stopping = time.monotonic()
         assert time.monotonic() - stopping < 1.0
-    finally:
-        await database.close()
 
 
 # -- priority ---------------------------------------------------------------------------

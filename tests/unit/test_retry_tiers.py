@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from consumers import (
-    ConsumerGroup,
-    GroupRunner,
-    HandlerContext,
-    InMemoryConsumerTransport,
-    RuntimeConfig,
-    RuntimeMetrics,
-)
+from consumers import ConsumerGroup, GroupRunner, HandlerContext, RuntimeConfig
 from consumers._failures import RETRY_HEADER_PREFIX
-from infra._topics import TOPIC_SPECS
 from producers import EventPublisher, InMemoryBroker
 from schemas import AvroCodec, SessionCreated, SystemErrorEvent
 from schemas.errors import FatalHandlerError, RetriableHandlerError
 from tests.events_factory import example_event
+from tests.harness import new_broker, running_group, until
 
 TIERS = (0.2, 0.4)
 
@@ -35,38 +26,18 @@ def _session(session_id: str) -> SessionCreated:
 
 
 def _broker() -> InMemoryBroker:
-    broker = InMemoryBroker()
-    for spec in TOPIC_SPECS:
-        broker.create_topic(spec.name, 1 if spec.name == "session" else spec.partitions)
-    return broker
+    return new_broker(partitions={"session": 1})
 
 
-async def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
+# Retries here take well under 10 s; poll every 10 ms.
+_until = partial(until, timeout_s=10.0, interval_s=0.01)
 
 
 @asynccontextmanager
 async def _running(broker: InMemoryBroker, group: ConsumerGroup, **config: object) -> AsyncIterator[GroupRunner]:
     settings = {"backoff_initial_s": 0.01, "max_attempts": 2, "retry_tiers_s": TIERS, "concurrency": 1, **config}
-    async with EventPublisher(transport=broker.producer()) as publisher:
-        runner = GroupRunner(
-            group,
-            transport=InMemoryConsumerTransport(broker, group.name),
-            publisher=publisher,
-            config=RuntimeConfig.model_validate(settings),
-            metrics=RuntimeMetrics(CollectorRegistry()),
-        )
-        stop = asyncio.Event()
-        task = asyncio.create_task(runner.run(stop))
-        try:
-            await asyncio.wait_for(runner.assigned.wait(), timeout=5)
-            yield runner
-        finally:
-            stop.set()
-            await task
+    async with running_group(group, broker, RuntimeConfig.model_validate(settings), assigned_timeout_s=5) as run:
+        yield run.runner
 
 
 async def _publish(broker: InMemoryBroker, *events: SessionCreated) -> None:

@@ -1,4 +1,4 @@
-"""Background tasks of a group run beside its handlers; one that dies stops the group loudly."""
+"""Background tasks beside the handlers (one that dies stops the group loudly), and the runtime's metrics."""
 
 from __future__ import annotations
 
@@ -7,18 +7,19 @@ import asyncio
 import pytest
 from prometheus_client import CollectorRegistry
 
-from consumers import ConsumerGroup, GroupRunner, InMemoryConsumerTransport, RuntimeConfig, RuntimeMetrics
-from infra._topics import TOPIC_SPECS
-from producers import EventPublisher, InMemoryBroker
+from consumers import (
+    ConsumerGroup,
+    GroupRunner,
+    HandlerContext,
+    InMemoryConsumerTransport,
+    RuntimeConfig,
+    RuntimeMetrics,
+)
+from producers import EventPublisher
 from schemas import SessionCreated
-from schemas.errors import EventBusError
-
-
-def _broker() -> InMemoryBroker:
-    broker = InMemoryBroker()
-    for spec in TOPIC_SPECS:
-        broker.create_topic(spec.name, spec.partitions)
-    return broker
+from schemas.errors import EventBusError, FatalHandlerError
+from tests.events_factory import example_event
+from tests.harness import new_broker
 
 
 async def test_a_background_task_that_fails_stops_the_group_with_its_error() -> None:
@@ -30,7 +31,7 @@ async def test_a_background_task_that_fails_stops_the_group_with_its_error() -> 
         await asyncio.sleep(0.05)
         raise ValueError("the worker broke")
 
-    broker = _broker()
+    broker = new_broker()
     async with EventPublisher(transport=broker.producer()) as publisher:
         runner = GroupRunner(
             group,
@@ -54,7 +55,7 @@ async def test_background_tasks_get_the_stop_signal_at_shutdown() -> None:
         await stop.wait()
         stopped.set()
 
-    broker = _broker()
+    broker = new_broker()
     stop = asyncio.Event()
     async with EventPublisher(transport=broker.producer()) as publisher:
         runner = GroupRunner(
@@ -68,3 +69,39 @@ async def test_background_tasks_get_the_stop_signal_at_shutdown() -> None:
         stop.set()
         await asyncio.wait_for(task, timeout=5)
     assert stopped.is_set()
+
+
+async def test_metrics_count_handled_failed_and_dead_lettered_records_on_a_scrape() -> None:
+    group = ConsumerGroup("metrics-scrape")
+
+    @group.handler(SessionCreated)
+    async def handle(event: SessionCreated, ctx: HandlerContext) -> None:
+        if event.session_id == "bad":
+            raise FatalHandlerError("refused")
+
+    broker = new_broker()
+    registry = CollectorRegistry()
+    async with EventPublisher(transport=broker.producer()) as publisher:
+        for session_id in ("ok-1", "ok-2", "bad"):
+            await publisher.publish(example_event("session:created", session_id=session_id))
+        runner = GroupRunner(
+            group,
+            transport=InMemoryConsumerTransport(broker, group.name),
+            publisher=publisher,
+            metrics=RuntimeMetrics(registry),
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(runner.run(stop))
+        deadline = asyncio.get_running_loop().time() + 5
+        while len(broker.records("system")) < 1:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        stop.set()
+        await task
+    labels = {"group": "metrics-scrape", "event_type": "session:created"}
+    assert registry.get_sample_value("eventbus_handled_total", labels) == 2
+    assert registry.get_sample_value("eventbus_failed_total", labels) == 1
+    assert registry.get_sample_value("eventbus_handler_seconds_count", labels) == 2
+    assert registry.get_sample_value("eventbus_consumed_total", {"group": "metrics-scrape"}) == 3
+    reason = {"group": "metrics-scrape", "reason": "failed"}
+    assert registry.get_sample_value("eventbus_dead_lettered_total", reason) == 1

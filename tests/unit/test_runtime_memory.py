@@ -37,10 +37,10 @@ from consumers import (
 )
 from consumers import PlainRecord as Record
 from infra._settings import Settings
-from infra._topics import TOPIC_SPECS
 from producers import Delivery, EventPublisher, InMemoryBroker, KafkaConnection, OutgoingRecord, PublisherConfig
 from schemas import CATALOG, AvroCodec, SessionCreated, SessionUpdated, SystemErrorEvent, errors
 from tests.events_factory import example_event
+from tests.harness import new_broker
 from tests.runtime_contract import GroupRun, RuntimeContract, dead_letters, ends, new_group, publish, session, until
 
 STALL_MESSAGE = "DEAD LETTER NOT ACKNOWLEDGED"
@@ -72,10 +72,8 @@ class MemoryHarness:
 
 @pytest.fixture
 async def harness() -> AsyncIterator[MemoryHarness]:
-    broker = InMemoryBroker()
     connection = KafkaConnection(topic_prefix="mem.")
-    for spec in TOPIC_SPECS:
-        broker.create_topic(connection.topic(spec.name), spec.partitions)
+    broker = new_broker(topic_prefix=connection.topic_prefix)
     config = PublisherConfig(service="runtime-test")
     async with EventPublisher(connection=connection, config=config, transport=broker.producer()) as publisher:
         yield MemoryHarness(broker, connection, publisher)
