@@ -29,7 +29,7 @@ class ConsumerConfig(_Config):
     max_partition_fetch_bytes: int = Field(default=1_048_576, gt=0)
     fetch_max_bytes: int = Field(default=16_777_216, gt=0)
     """Bytes one fetch may bring (aiokafka's default is 50 MB, which a consumer must then hold)."""
-    fetch_max_wait_ms: int = Field(default=50, ge=0)
+    fetch_max_wait_ms: int = Field(default=10, ge=0)
     """How long the broker may hold a fetch for more data: the floor of publish→handler latency when idle."""
 
     @model_validator(mode="after")

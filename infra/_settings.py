@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     consumer_heartbeat_interval_ms: int | None = Field(default=None, ge=100)
     """None: 3 000 for the kafka profile, 500 for embedded."""
     consumer_auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    consumer_fetch_max_wait_ms: int = Field(default=10, ge=0)
+    """How long a fetch may wait at the broker for data: the floor of publish-to-handler latency."""
     concurrency: int = Field(default=4, ge=1)
     max_attempts: int = Field(default=3, ge=1)
     backoff_initial_s: float = Field(default=0.2, ge=0)
@@ -139,6 +141,7 @@ class Settings(BaseSettings):
             auto_offset_reset=self.consumer_auto_offset_reset,
             session_timeout_ms=session,
             heartbeat_interval_ms=heartbeat,
+            fetch_max_wait_ms=self.consumer_fetch_max_wait_ms,
         )
 
     def runtime_config(self, **overrides: Any) -> RuntimeConfig:
