@@ -16,7 +16,7 @@ def test_first_screen_has_exactly_two_setup_commands_demo_then_tests() -> None:
     first_block = README.split("```sh", 1)[1].split("```", 1)[0].strip().splitlines()
     assert len(first_block) == 2
     assert first_block[0].endswith("eventbus demo")
-    assert first_block[1].endswith("pytest")
+    assert first_block[1].endswith(".venv/bin/pytest --cov")
     assert README.index("```sh") < 1200, "the set-up commands must be on the first screen"
 
 
@@ -28,7 +28,7 @@ def test_ci_runs_the_readme_test_command() -> None:
         text=True,
         check=True,
     ).stdout.strip()
-    assert command.endswith(".venv/bin/pytest")
+    assert command.endswith(".venv/bin/pytest --cov")
     assert "grep -m1 -E" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
 
 
