@@ -1,0 +1,141 @@
+"""Run every benchmark and check the targets: ``python -m bench.all`` writes ``bench/results/summary.json``.
+
+``python -m bench.all [--events N] [--rounds R] [--memory-events 100000,1000000] [--latency-seconds S]
+[--only publish,consume,latency,memory] [--profile]``
+
+Each benchmark starts its own embedded broker (unless ``EVENTBUS_BOOTSTRAP_SERVERS`` is set) and
+writes its own ``bench/results/<name>.json``; the summary gathers the figures the targets name (for
+steps not run this time, from their latest results file; ``--summarize-only`` runs nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from typing import Any
+
+from . import consume, latency, memory, profile, publish
+from ._common import DEFAULT_EVENTS, DEFAULT_ROUNDS, RESULTS_DIR, console, print_table, write_results
+
+STEPS = ("publish", "consume", "latency", "memory")
+
+
+def _ratio(payload: dict[str, Any], name: str) -> float:
+    return float(payload["ratios"][name]["median"]) if name in payload.get("ratios", {}) else float("nan")
+
+
+def _target(name: str, value: float, limit: float, *, at_least: bool, unit: str = "x") -> dict[str, Any]:
+    met = value >= limit if at_least else value <= limit
+    return {
+        "target": name,
+        "value": round(value, 3),
+        "limit": f"{'>=' if at_least else '<='} {limit}{unit}",
+        "met": met,
+    }
+
+
+def targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each target of the issue with the measured value."""
+    out: list[dict[str, Any]] = []
+    if pub := results.get("publish"):
+        for sdk in (publish.SDK_SEND, publish.SDK_RDK):
+            if f"{sdk} / composed limit" not in pub["ratios"]:
+                continue
+            out.append(
+                _target(f"{sdk} / {publish.FS_SINGLE}", _ratio(pub, f"{sdk} / {publish.FS_SINGLE}"), 2.0, at_least=True)
+            )
+            out.append(
+                _target(f"{sdk} / {publish.FS_BATCH}", _ratio(pub, f"{sdk} / {publish.FS_BATCH}"), 1.3, at_least=True)
+            )
+            out.append(_target(f"{sdk} / composed limit", _ratio(pub, f"{sdk} / composed limit"), 0.8, at_least=True))
+    if con := results.get("consume"):
+        best = "runtime / FastStream best at-least-once mode"
+        raw = "runtime / raw aiokafka (same decode, validate, commit work)"
+        out.append(_target(best, _ratio(con, best), 1.5, at_least=True))
+        out.append(_target(raw, _ratio(con, raw), 0.9, at_least=True))
+    if lat := results.get("latency"):
+        for name, data in lat["variants"].items():
+            if name.startswith(latency.LABELS["sdk"]) and "@ 1,000/s" in name:
+                out.append(_target(f"p99 {name}", float(data["median"]["p99_ms"]), 25.0, at_least=False, unit=" ms"))
+    if mem := results.get("memory"):
+        largest = str(max(mem["sizes"]))
+        for variant in ("consumer-runtime", "publisher-sdk"):
+            peak = float(mem["variants"][variant][largest]["median_peak_mb"])
+            out.append(
+                _target(
+                    f"peak RSS {memory.LABELS[variant]} @ {int(largest):,}", peak, 150.0, at_least=False, unit=" MB"
+                )
+            )
+    return out
+
+
+def _load(step: str) -> dict[str, Any] | None:
+    path = RESULTS_DIR / f"{step}.json"
+    if not path.exists():
+        return None
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the chosen steps in order, then write the summary (of every step's latest results file)."""
+    steps = [s for s in args.only.split(",") if s] if args.only else list(STEPS)
+    if args.summarize_only:
+        steps = []
+    results: dict[str, dict[str, Any]] = {}
+    timings: dict[str, float] = {}
+    for step in steps:
+        console.rule(f"bench.{step}")
+        started = time.monotonic()
+        if step == "publish":
+            results[step] = await publish.run(args.events, args.rounds)
+        elif step == "consume":
+            results[step] = await consume.run(args.events, args.rounds)
+        elif step == "latency":
+            rates = [int(r) for r in args.latency_rates.split(",") if r]
+            results[step] = await latency.run(args.latency_seconds, rates, args.rounds, diagnose=args.latency_diagnose)
+        elif step == "memory":
+            sizes = [int(s) for s in args.memory_events.split(",") if s]
+            results[step] = await memory.run(sizes, args.rounds)
+        else:
+            raise SystemExit(f"unknown step {step!r}; choose from {', '.join(STEPS)}")
+        timings[step] = round(time.monotonic() - started, 1)
+    if args.profile:
+        console.rule("bench.profile")
+        results["profile"] = await profile.run(args.events, 0.0005)
+    for step in STEPS:  # steps not run now: their latest results file, if any
+        if step not in results and (loaded := _load(step)) is not None:
+            results[step] = loaded
+    checked = targets(results)
+    console.rule("targets")
+    print_table(
+        "Targets of the issue (medians of per-round ratios)",
+        ["target", "measured", "limit", "met"],
+        [(t["target"], f"{t['value']:,.2f}", t["limit"], "yes" if t["met"] else "NO") for t in checked],
+    )
+    summary = {"arguments": vars(args), "seconds_per_step": timings, "targets": checked, "results": results}
+    write_results("summary", summary)
+    return summary
+
+
+def main() -> None:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(description="run every benchmark and write bench/results/summary.json")
+    parser.add_argument("--events", type=int, default=DEFAULT_EVENTS, help="events per throughput measurement")
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="interleaved rounds (>= 3)")
+    parser.add_argument("--memory-events", default="100000,1000000", help="backlog sizes of the memory benchmark")
+    parser.add_argument("--latency-seconds", type=float, default=10.0, help="seconds per latency measurement")
+    parser.add_argument("--latency-rates", default="1000,10000", help="events/s of the latency benchmark")
+    parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(STEPS)}")
+    parser.add_argument("--latency-diagnose", action="store_true", help="add the mixed producer/consumer pairs")
+    parser.add_argument("--profile", action="store_true", help="also run bench.profile (pyinstrument)")
+    parser.add_argument(
+        "--summarize-only", action="store_true", help="run nothing: rebuild summary.json from bench/results/*.json"
+    )
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,337 @@
+"""Publish throughput: raw aiokafka, the encode cost, our SDK, FastStream (and librdkafka), interleaved.
+
+``python -m bench.publish [--events N] [--rounds R] [--no-confluent]``
+
+Every I/O variant publishes the same N keyed ``session:created`` events to a fresh 3-partition topic
+with the SDK's producer settings, waits for every acknowledgement, then reads the topic back to check
+that each record sits on its key's murmur2 partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from confluent_kafka import Producer
+from faststream.kafka import KafkaBroker, KafkaPublishMessage
+
+from producers import EventPublisher
+from schemas import AvroCodec, SessionCreated
+
+from ._common import (
+    Record,
+    Sample,
+    base_parser,
+    broker,
+    build_events,
+    check_keys,
+    console,
+    create_topic,
+    delete_topics,
+    encoded_records,
+    expected_partition,
+    freeze_workload,
+    median,
+    per_round_ratio,
+    print_table,
+    raw_producer_options,
+    run_interleaved,
+    settings_for,
+    summarize,
+    unique_name,
+    write_results,
+)
+from ._confluent import ConfluentProducerTransport, confluent_config
+
+RAW_SEND = "aiokafka send() pre-encoded"
+RAW_BATCH = "aiokafka send_batch() murmur2"
+ENCODE = "encode only (codec.encode)"
+PREPARE = "SDK prepare() only (no I/O)"
+PREPARE_RAW = "SDK prepare() + aiokafka send() (diagnostic)"
+SDK_SEND = "SDK send() + flush()"
+SDK_MANY = "SDK publish_many(1000)"
+FS_SINGLE = "FastStream publish(no_confirm)"
+FS_BATCH = "FastStream publish_batch()"
+RDK_RAW = "librdkafka produce() pre-encoded"
+SDK_RDK = "SDK send()+flush() on librdkafka"
+
+Body = Callable[[str], Awaitable[float]]
+
+
+class PublishBench:
+    """The variants, sharing one broker and one pre-built workload."""
+
+    def __init__(self, bootstrap: str, events: list[SessionCreated]) -> None:
+        self.bootstrap = bootstrap
+        self.events = events
+        self.records: list[Record] = encoded_records(events)
+        self.settings = settings_for(bootstrap)
+        json_size = sum(len(e.model_dump_json()) for e in events[:100]) / min(100, len(events))
+        # FastStream's batch must fit in one aiokafka batch (max_batch_bytes); leave room for headers.
+        self.fs_chunk = max(1, int(self.settings.publisher_config().max_batch_bytes * 0.8 / (json_size + 120)))
+
+    async def io_variant(self, tag: str, body: Body) -> Sample:
+        """Fresh topic, timed body, key check, topic deleted."""
+        prefix = unique_name(tag)
+        topic = f"{prefix}session"
+        await create_topic(self.bootstrap, topic)
+        try:
+            seconds = await body(prefix)
+            check = await check_keys(self.bootstrap, topic, len(self.events))
+        finally:
+            await delete_topics(self.bootstrap, [topic])
+        keys = "yes" if check.ok(len(self.events)) else "no"
+        return Sample(len(self.events), seconds, {"keys": keys, "read": check.read, "misplaced": check.misplaced})
+
+    # -- transport limits --------------------------------------------------------------
+
+    async def raw_send(self, prefix: str) -> float:
+        producer = AIOKafkaProducer(**raw_producer_options(self.settings))
+        await producer.start()
+        topic = f"{prefix}session"
+        try:
+            started = time.perf_counter()
+            futures = [
+                await producer.send(topic, value, key=key, headers=headers) for key, value, headers in self.records
+            ]
+            await asyncio.gather(*futures)
+            return time.perf_counter() - started
+        finally:
+            await producer.stop()
+
+    async def raw_batch(self, prefix: str) -> float:
+        producer = AIOKafkaProducer(**raw_producer_options(self.settings))
+        await producer.start()
+        topic = f"{prefix}session"
+        try:
+            started = time.perf_counter()
+            builders = [producer.create_batch() for _ in range(3)]
+            futures: list[asyncio.Future[Any]] = []
+            for key, value, headers in self.records:
+                part = expected_partition(key)
+                if builders[part].append(key=key, value=value, timestamp=None, headers=headers) is None:
+                    futures.append(await producer.send_batch(builders[part], topic, partition=part))
+                    builders[part] = producer.create_batch()
+                    builders[part].append(key=key, value=value, timestamp=None, headers=headers)
+            for part, builder in enumerate(builders):
+                if builder.record_count():
+                    futures.append(await producer.send_batch(builder, topic, partition=part))
+            await asyncio.gather(*futures)
+            return time.perf_counter() - started
+        finally:
+            await producer.stop()
+
+    async def rdk_raw(self, prefix: str) -> float:
+        producer = Producer(confluent_config(self.settings.connection(), self.settings.publisher_config()))
+        topic = f"{prefix}session"
+        failures: list[Any] = []
+
+        def delivered(err: Any, _msg: Any) -> None:
+            if err is not None:
+                failures.append(err)
+
+        started = time.perf_counter()
+        for i, (key, value, headers) in enumerate(self.records):
+            wire_headers: list[tuple[str, str | bytes | None]] = list(headers)
+            while True:
+                try:
+                    producer.produce(topic, value, key, headers=wire_headers, on_delivery=delivered)
+                    break
+                except BufferError:
+                    producer.poll(0.001)
+            if i % 1000 == 0:
+                producer.poll(0)
+        while len(producer) > 0:
+            producer.poll(0)
+            await asyncio.sleep(0.001)
+        elapsed = time.perf_counter() - started
+        if failures:
+            raise RuntimeError(f"{len(failures)} librdkafka deliveries failed: {failures[0]}")
+        return elapsed
+
+    async def prepare_raw(self, prefix: str) -> float:
+        """What the SDK would reach with its encoding and no per-record bookkeeping of its own."""
+        settings = settings_for(self.bootstrap, prefix)
+        publisher = EventPublisher(connection=settings.connection(), config=settings.publisher_config(service="bench"))
+        producer = AIOKafkaProducer(**raw_producer_options(self.settings))
+        await producer.start()
+        try:
+            started = time.perf_counter()
+            futures = []
+            for event in self.events:
+                record = publisher.prepare(event)
+                futures.append(await producer.send(record.topic, record.value, key=record.key, headers=record.headers))
+            await asyncio.gather(*futures)
+            return time.perf_counter() - started
+        finally:
+            await producer.stop()
+
+    # -- CPU only ----------------------------------------------------------------------
+
+    async def encode_only(self) -> Sample:
+        codec = AvroCodec()
+        started = time.perf_counter()
+        for event in self.events:
+            codec.encode(event)
+        return Sample(len(self.events), time.perf_counter() - started)
+
+    async def prepare_only(self) -> Sample:
+        publisher = EventPublisher(connection=self.settings.connection(), config=self.settings.publisher_config())
+        started = time.perf_counter()
+        for event in self.events:
+            publisher.prepare(event)
+        return Sample(len(self.events), time.perf_counter() - started)
+
+    # -- SDK -------------------------------------------------------------------------
+
+    def _publisher(self, prefix: str, *, librdkafka: bool = False) -> EventPublisher:
+        settings = settings_for(self.bootstrap, prefix)
+        connection, config = settings.connection(), settings.publisher_config(service="bench")
+        transport = ConfluentProducerTransport(connection, config) if librdkafka else None
+        return EventPublisher(connection=connection, config=config, transport=transport)
+
+    async def sdk_send(self, prefix: str, *, librdkafka: bool = False) -> float:
+        async with self._publisher(prefix, librdkafka=librdkafka) as publisher:
+            started = time.perf_counter()
+            for event in self.events:
+                await publisher.send(event)
+            await publisher.flush()
+            return time.perf_counter() - started
+
+    async def sdk_rdk(self, prefix: str) -> float:
+        return await self.sdk_send(prefix, librdkafka=True)
+
+    async def sdk_many(self, prefix: str) -> float:
+        async with self._publisher(prefix) as publisher:
+            started = time.perf_counter()
+            for i in range(0, len(self.events), 1000):
+                await publisher.publish_many(list(self.events[i : i + 1000]))
+            return time.perf_counter() - started
+
+    # -- FastStream --------------------------------------------------------------------
+
+    def _faststream(self) -> KafkaBroker:
+        config = self.settings.publisher_config()
+        return KafkaBroker(
+            self.bootstrap,
+            acks=config.acks,
+            enable_idempotence=config.enable_idempotence,
+            linger_ms=config.linger_ms,
+            max_batch_size=config.max_batch_bytes,
+            max_request_size=config.max_message_bytes + 4096,
+            request_timeout_ms=int(config.delivery_timeout_s * 1000),
+            logger=None,
+        )
+
+    async def fs_single(self, prefix: str) -> float:
+        fs = self._faststream()
+        await fs.start()
+        topic = f"{prefix}session"
+        try:
+            started = time.perf_counter()
+            futures = [
+                await fs.publish(event, topic, key=event.session_id.encode(), no_confirm=True) for event in self.events
+            ]
+            await asyncio.gather(*futures)
+            return time.perf_counter() - started
+        finally:
+            await fs.stop()
+
+    async def fs_batch(self, prefix: str) -> float:
+        fs = self._faststream()
+        await fs.start()
+        topic = f"{prefix}session"
+        try:
+            started = time.perf_counter()
+            futures = []
+            for i in range(0, len(self.events), self.fs_chunk):
+                chunk = [KafkaPublishMessage(e, key=e.session_id.encode()) for e in self.events[i : i + self.fs_chunk]]
+                futures.append(await fs.publish_batch(*chunk, topic=topic, no_confirm=True))
+            await asyncio.gather(*futures)
+            return time.perf_counter() - started
+        finally:
+            await fs.stop()
+
+
+def _fmt_ratio(values: Sequence[float]) -> str:
+    return f"{median(values):.2f}x" if values else "-"
+
+
+def report(samples: dict[str, list[Sample]], bench: PublishBench, rounds: int) -> dict[str, Any]:
+    """Print the table and return the JSON payload."""
+    limit_rounds = [1 / (1 / a.rate + 1 / b.rate) for a, b in zip(samples[RAW_SEND], samples[ENCODE], strict=True)]
+    limit_samples = [Sample(1, 1 / rate) for rate in limit_rounds]
+    samples = {**samples, "composed limit 1/(t_send + t_encode)": limit_samples}
+    ratios: dict[str, list[float]] = {}
+    for sdk in (SDK_SEND, SDK_RDK):
+        if sdk not in samples:
+            continue
+        ratios[f"{sdk} / composed limit"] = [s.rate / lim for s, lim in zip(samples[sdk], limit_rounds, strict=True)]
+        ratios[f"{sdk} / {FS_SINGLE}"] = per_round_ratio(samples, sdk, FS_SINGLE)
+        ratios[f"{sdk} / {FS_BATCH}"] = per_round_ratio(samples, sdk, FS_BATCH)
+        ratios[f"{sdk} / {RAW_SEND}"] = per_round_ratio(samples, sdk, RAW_SEND)
+    rows = []
+    for name, runs in samples.items():
+        rates = [s.rate for s in runs]
+        keys = {s.extra["keys"] for s in runs if "keys" in s.extra}
+        misplaced = median([float(s.extra.get("misplaced", 0)) for s in runs])
+        key_text = "-" if not keys else ("yes" if keys == {"yes"} else f"no ({misplaced:,.0f} misplaced)")
+        rows.append((name, f"{median(rates):,.0f}", f"{min(rates):,.0f} - {max(rates):,.0f}", key_text))
+    print_table(
+        f"Publish, {len(bench.events):,} keyed session:created, 3 partitions, medians of {rounds} interleaved rounds",
+        ["variant", "msgs/s (median)", "range", "keys respected"],
+        rows,
+    )
+    print_table(
+        "Ratios (median of per-round ratios)", ["ratio", "value"], [(k, _fmt_ratio(v)) for k, v in ratios.items()]
+    )
+    return {
+        "events": len(bench.events),
+        "rounds": rounds,
+        "faststream_batch_chunk": bench.fs_chunk,
+        "variants": summarize(samples),
+        "ratios": {name: {"median": median(values), "rounds": values} for name, values in ratios.items()},
+    }
+
+
+async def run(events: int, rounds: int, *, librdkafka: bool = True) -> dict[str, Any]:
+    """Run the publish benchmark and write ``bench/results/publish.json``."""
+    with broker() as bootstrap:
+        console.print(f"building {events:,} events ...")
+        bench = PublishBench(bootstrap, build_events(events))
+        freeze_workload()
+        variants: list[tuple[str, Callable[[], Awaitable[Sample]]]] = [
+            (RAW_SEND, lambda: bench.io_variant("raw", bench.raw_send)),
+            (RAW_BATCH, lambda: bench.io_variant("rawb", bench.raw_batch)),
+            (ENCODE, bench.encode_only),
+            (PREPARE, bench.prepare_only),
+            (PREPARE_RAW, lambda: bench.io_variant("prep", bench.prepare_raw)),
+            (SDK_SEND, lambda: bench.io_variant("sdk", bench.sdk_send)),
+            (SDK_MANY, lambda: bench.io_variant("sdkm", bench.sdk_many)),
+            (FS_SINGLE, lambda: bench.io_variant("fs", bench.fs_single)),
+            (FS_BATCH, lambda: bench.io_variant("fsb", bench.fs_batch)),
+        ]
+        if librdkafka:
+            variants += [
+                (RDK_RAW, lambda: bench.io_variant("rdk", bench.rdk_raw)),
+                (SDK_RDK, lambda: bench.io_variant("sdkrdk", bench.sdk_rdk)),
+            ]
+        samples = await run_interleaved(variants, rounds)
+        payload = report(samples, bench, rounds)
+    write_results("publish", payload)
+    return payload
+
+
+def main() -> None:
+    """Command line entry point."""
+    parser = base_parser(__doc__.splitlines()[0] if __doc__ else "publish benchmark")
+    parser.add_argument("--no-confluent", action="store_true", help="skip the librdkafka variants")
+    args = parser.parse_args()
+    asyncio.run(run(args.events, args.rounds, librdkafka=not args.no_confluent))
+
+
+if __name__ == "__main__":
+    main()
