@@ -104,7 +104,7 @@ class KafkaProducerTransport:
             acks=config.acks,
             enable_idempotence=config.enable_idempotence,
             compression_type=None if config.compression == "none" else config.compression,
-            linger_ms=config.linger_ms,
+            linger_ms=0,  # fire-and-forget batches linger here (append); a second linger in aiokafka only adds latency
             max_batch_size=config.max_batch_bytes,
             max_request_size=config.max_message_bytes + 4096,
         )
