@@ -22,12 +22,16 @@ __all__ = ["KafkaConsumerTransport"]
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, on_assigned: PartitionsCallback, on_revoked: PartitionsCallback) -> None:
+    def __init__(
+        self, on_assigned: PartitionsCallback, on_revoked: PartitionsCallback, held: set[KafkaTopicPartition]
+    ) -> None:
         self._on_assigned = on_assigned
         self._on_revoked = on_revoked
+        self._held = held
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         await self._on_revoked({TopicPartition(tp.topic, tp.partition) for tp in revoked})
+        self._held.difference_update(revoked)  # a partition assigned again starts unpaused
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         await self._on_assigned({TopicPartition(tp.topic, tp.partition) for tp in assigned})
@@ -44,6 +48,8 @@ class KafkaConsumerTransport:
         self._config = config
         self.group_id = group_id
         self._consumer: AIOKafkaConsumer | None = None
+        self._held: set[KafkaTopicPartition] = set()  # "paused": left out of fetches (see ``pause``)
+        self._resumed = asyncio.Event()
 
     def _running(self) -> AIOKafkaConsumer:
         if self._consumer is None:
@@ -69,7 +75,7 @@ class KafkaConsumerTransport:
         )
         try:
             await connect_with_retry(consumer.start, self._connection, f"consumer group {self.group_id}")
-            consumer.subscribe(topics=topics, listener=_Listener(on_assigned, on_revoked))
+            consumer.subscribe(topics=topics, listener=_Listener(on_assigned, on_revoked, self._held))
         except BaseException:
             await consumer.stop()
             raise
@@ -78,6 +84,7 @@ class KafkaConsumerTransport:
     async def stop(self) -> None:
         """Leave the group (bounded by the request timeout) and close."""
         consumer, self._consumer = self._consumer, None
+        self._held.clear()
         if consumer is None:
             return
         try:
@@ -86,9 +93,20 @@ class KafkaConsumerTransport:
             return  # the broker will expire the membership after the session timeout
 
     async def fetch(self, timeout_s: float, max_records: int) -> dict[TopicPartition, list[ConsumedRecord]]:
-        """One ``getmany`` round."""
+        """One ``getmany`` round over the assigned partitions that are not paused."""
+        consumer = self._running()
+        timeout_ms = int(timeout_s * 1000)
         try:
-            batch = await self._running().getmany(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+            if not self._held:
+                batch = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+            else:
+                wanted = [tp for tp in consumer.assignment() if tp not in self._held]
+                if not wanted:  # every partition is paused: wait for a resume (getmany() would mean all)
+                    self._resumed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._resumed.wait(), timeout_s)
+                    return {}
+                batch = await consumer.getmany(*wanted, timeout_ms=timeout_ms, max_records=max_records)
         except KafkaError as exc:
             raise BrokerError(f"fetch failed: {exc!r}", retriable=True) from exc
         return batch  # type: ignore[no-any-return]
@@ -111,15 +129,20 @@ class KafkaConsumerTransport:
         return None if value is None else int(value)
 
     def pause(self, partitions: set[TopicPartition]) -> None:
-        """Stop fetching these partitions."""
-        self._running().pause(*(KafkaTopicPartition(tp.topic, tp.partition) for tp in partitions))
+        """Stop fetching these partitions: ``fetch`` leaves them out.
+
+        Not aiokafka's ``pause()``: a ``getmany()`` while a partition is paused there throws away
+        the records already prefetched for it (to fetch them again after ``resume()``), and a
+        runtime that pauses often then churns through fetch buffers. Left out of ``getmany()``, a
+        partition keeps at most the one response prefetched for it (aiokafka fetches a partition
+        again only once its records were taken).
+        """
+        self._held.update(KafkaTopicPartition(tp.topic, tp.partition) for tp in partitions)
 
     def resume(self, partitions: set[TopicPartition]) -> None:
-        """Fetch these partitions again (ignores partitions no longer assigned)."""
-        consumer = self._running()
-        assigned = consumer.assignment()
-        wanted = [KafkaTopicPartition(tp.topic, tp.partition) for tp in partitions]
-        consumer.resume(*(tp for tp in wanted if tp in assigned))
+        """Fetch these partitions again."""
+        self._held.difference_update(KafkaTopicPartition(tp.topic, tp.partition) for tp in partitions)
+        self._resumed.set()
 
     async def ensure_topics(self, names: list[str], *, partitions: int, replication: int) -> None:
         """Create the missing topics explicitly (never through auto-creation)."""

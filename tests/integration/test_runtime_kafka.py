@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from uuid import uuid4
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -20,8 +21,15 @@ from aiokafka.admin import AIOKafkaAdminClient
 from consumers import ConsumerTransport, KafkaConsumerTransport, TopicPartition
 from infra._settings import Settings
 from infra._topics import TOPIC_SPECS
-from producers import Delivery, EventPublisher, KafkaConnection, KafkaProducerTransport, OutgoingRecord
-from tests.runtime_contract import RuntimeContract
+from producers import (
+    Delivery,
+    EventPublisher,
+    KafkaConnection,
+    KafkaProducerTransport,
+    OutgoingRecord,
+    murmur2_partition,
+)
+from tests.runtime_contract import SESSION_PARTITIONS, RuntimeContract, keys_on_distinct_partitions, session, until
 
 pytestmark = pytest.mark.integration
 
@@ -94,3 +102,52 @@ async def harness(settings: Settings) -> AsyncIterator[KafkaHarness]:
 
 class TestRuntimeOnKafka(RuntimeContract):
     """The shared runtime contract, on a real broker."""
+
+
+async def test_a_paused_partition_is_left_out_of_fetches_and_loses_nothing_on_resume(harness: KafkaHarness) -> None:
+    """Invariant 7 at the transport: pausing leaves a partition out of fetches (its prefetched records are kept,
+    not dropped and fetched again); resuming hands over its records from where it stopped, none missing; with
+    every partition paused a fetch waits, and a resume ends the wait early."""
+    keys = keys_on_distinct_partitions(2, "pause")
+    await harness.publisher.publish_many([session(key, seq) for seq in range(30) for key in keys])
+    topic = harness.connection.topic("session")
+    assigned: set[TopicPartition] = set()
+
+    async def on_assigned(tps: set[TopicPartition]) -> None:
+        assigned.update(tps)
+
+    async def on_revoked(tps: set[TopicPartition]) -> None:
+        assigned.difference_update(tps)
+
+    transport = harness.transport(f"pause-{uuid4().hex[:8]}")
+    await transport.start([topic], on_assigned, on_revoked)
+    try:
+        seen: dict[int, list[int]] = {}
+        held = TopicPartition(topic, murmur2_partition(keys[0].encode(), SESSION_PARTITIONS))
+        await until(lambda: assigned, "the first assignment")
+        transport.pause({held})
+        deadline = time.monotonic() + _READ_DEADLINE_S
+        while sum(map(len, seen.values())) < 30 and time.monotonic() < deadline:
+            for tp, records in (await transport.fetch(0.2, 500)).items():
+                seen.setdefault(tp.partition, []).extend(r.offset for r in records)
+        assert held.partition not in seen, "a paused partition was fetched"
+        assert sum(map(len, seen.values())) == 30
+
+        transport.pause(set(assigned))
+        started = time.monotonic()
+        assert await transport.fetch(0.3, 500) == {}
+        assert time.monotonic() - started >= 0.25  # waited for a resume, did not spin
+        resume_soon = asyncio.get_running_loop().call_later(0.05, transport.resume, set(assigned))
+        started = time.monotonic()
+        await transport.fetch(5.0, 500)
+        assert time.monotonic() - started < 2.0  # the resume ended the wait
+        resume_soon.cancel()
+
+        deadline = time.monotonic() + _READ_DEADLINE_S
+        while len(seen.get(held.partition, [])) < 30 and time.monotonic() < deadline:
+            for tp, records in (await transport.fetch(0.2, 500)).items():
+                seen.setdefault(tp.partition, []).extend(r.offset for r in records)
+        offsets = seen[held.partition]
+        assert offsets == list(range(offsets[0], offsets[0] + 30)), "records lost or repeated across the pause"
+    finally:
+        await transport.stop()
