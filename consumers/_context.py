@@ -13,6 +13,7 @@ from schemas.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from ._store import Effects, ProcessedEventStore
+    from ._transport import ConsumedRecord
 
 __all__ = ["FOLLOW_UP_NAMESPACE", "HandlerContext", "follow_up_id"]
 
@@ -78,6 +79,34 @@ class HandlerContext:
         self._publisher = publisher
         self._store = store
         self._counts: Counter[str] | None = None  # made on the first follow-up: most handlers publish none
+
+    @classmethod
+    def for_record(  # noqa: PLR0917 - positional on purpose: called once per record
+        cls,
+        group: str,
+        event: Event,
+        record: ConsumedRecord,
+        attempt: int,
+        publisher: EventPublisher,
+        store: ProcessedEventStore | None,
+    ) -> HandlerContext:
+        """The context of ``record``'s handler call (the runtime's per-record path: no keyword parsing).
+
+        Example: ``HandlerContext.for_record("credits", event, record, 1, publisher, None).offset``
+        """
+        context = cls.__new__(cls)
+        context.group = group
+        context.event = event
+        context.topic = record.topic
+        context.partition = record.partition
+        context.offset = record.offset
+        context.key = record.key
+        context.headers = record.headers
+        context.attempt = attempt
+        context._publisher = publisher
+        context._store = store
+        context._counts = None
+        return context
 
     @property
     def correlation_id(self) -> str:
