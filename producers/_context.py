@@ -19,24 +19,29 @@ __all__ = [
     "set_cause",
 ]
 
-# An Event here means "the correlation of this event", worked out only when something is published.
-_correlation: ContextVar[str | Event | None] = ContextVar("eventbus_correlation", default=None)
-_cause: ContextVar[Event | None] = ContextVar("eventbus_cause", default=None)
+# One variable for both, so the consumer runtime sets and resets a single one per record: an Event
+# (inside a handler: the event being handled, whose correlation is worked out only when something is
+# published) or a (correlation id, cause) pair set by ``correlation_scope``, which keeps the cause.
+_Flow = Event | tuple[str, Event | None]
+_flow: ContextVar[_Flow | None] = ContextVar("eventbus_flow", default=None)
 
-CauseToken = tuple[Token[str | Event | None], Token[Event | None]]
+CauseToken = Token[_Flow | None]
 
 
 def current_correlation_id() -> str | None:
     """The correlation id of the current context, if any."""
-    value = _correlation.get()
-    if isinstance(value, Event):
-        return value.metadata.correlation_id or str(value.metadata.event_id)
-    return value
+    flow = _flow.get()
+    if flow is None:
+        return None
+    if isinstance(flow, tuple):
+        return flow[0]
+    return flow.metadata.correlation_id or str(flow.metadata.event_id)
 
 
 def current_causation_id() -> UUID | None:
     """The causing event id of the current context, if any."""
-    cause = _cause.get()
+    flow = _flow.get()
+    cause = flow[1] if isinstance(flow, tuple) else flow
     return None if cause is None else cause.metadata.event_id
 
 
@@ -50,11 +55,12 @@ def correlation_scope(correlation_id: str | None = None) -> Iterator[str]:
             await publisher.publish(event)
     """
     value = correlation_id or str(uuid4())
-    token = _correlation.set(value)
+    flow = _flow.get()
+    token = _flow.set((value, flow[1] if isinstance(flow, tuple) else flow))
     try:
         yield value
     finally:
-        _correlation.reset(token)
+        _flow.reset(token)
 
 
 def set_cause(source: Event) -> CauseToken:
@@ -62,13 +68,12 @@ def set_cause(source: Event) -> CauseToken:
 
     The allocation-free form of ``caused_by`` for hot paths (the consumer runtime).
     """
-    return _correlation.set(source), _cause.set(source)
+    return _flow.set(source)
 
 
 def reset_cause(token: CauseToken) -> None:
     """Undo ``set_cause``."""
-    _cause.reset(token[1])
-    _correlation.reset(token[0])
+    _flow.reset(token)
 
 
 @contextmanager

@@ -179,20 +179,21 @@ class KafkaProducerTransport:
 
         The partition is the Java client's: murmur2 of the key (round robin without a key).
         """
-        producer = self._running()
-        count = self._partition_counts.get(record.topic)
+        producer = self._producer or self._running()
+        topic, key = record.topic, record.key
+        count = self._partition_counts.get(topic)
         if count is None:
-            count = self._partition_counts[record.topic] = await self._count_partitions(producer, record.topic)
-        if record.key is None:
+            count = self._partition_counts[topic] = await self._count_partitions(producer, topic)
+        if key is None:
             self._round_robin += 1
             partition = self._round_robin % count
         else:
-            partition = self._partitioner.partition(record.key, count)
-        tp = (record.topic, partition)
+            partition = self._partitioner.partition(key, count)
+        tp = (topic, partition)
         batch = self._open.get(tp)
         if batch is None:
             batch = self._open[tp] = _OpenBatch(producer.create_batch(), done)
-        if batch.builder.append(timestamp=None, key=record.key, value=record.value, headers=record.headers) is None:
+        if batch.builder.append(timestamp=None, key=key, value=record.value, headers=record.headers) is None:
             await self._ship(tp)
             batch = self._open[tp] = _OpenBatch(producer.create_batch(), done)
             if batch.builder.append(timestamp=None, key=record.key, value=record.value, headers=record.headers) is None:

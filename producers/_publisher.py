@@ -77,10 +77,12 @@ class EventPublisher:
         self._topics_checked_at = 0.0
         self._topic_names = {spec.event_type: self.connection.topic(spec.topic) for spec in catalog}
         self._type_headers = {spec.event_type: spec.event_type.encode() for spec in catalog}
-        self._buffer = asyncio.Semaphore(self.config.max_buffered_records)
+        self._max_in_flight = self.config.max_buffered_records
         self._in_flight = 0
         self._drained = asyncio.Event()
         self._drained.set()
+        self._room = asyncio.Event()  # set when a sender waiting for room may go on
+        self._room_wanted = False
         self._failures: list[tuple[object, EventBusError]] = []
         self._failure_count = 0
         self._started = False
@@ -133,43 +135,38 @@ class EventPublisher:
             reason = f"topic {topic!r} does not exist on the broker; create it with `eventbus topics apply`"
             raise UnknownTopicError(topic, reason=reason)
 
-    def _metadata_updates(self, event: Event) -> dict[str, Any]:
-        """Metadata the publisher completes: its service and version, the context's correlation and causation."""
-        meta = event.metadata
-        updates: dict[str, Any] = {}
-        if "service" not in meta.model_fields_set:
-            updates["service"] = self.config.service
-        if "version" not in meta.model_fields_set:
-            updates["version"] = self.config.service_version
-        if meta.correlation_id is None and (correlation := current_correlation_id()) is not None:
-            updates["correlation_id"] = correlation
-        if meta.causation_id is None and (causation := current_causation_id()) is not None:
-            updates["causation_id"] = causation
-        return updates
-
     def prepare(self, event: Event) -> OutgoingRecord:
         """The record ``event`` becomes, metadata completed on the wire.
 
-        Raises before anything is sent: ``UnknownEventTypeError``,
-        ``EncodeError``, ``MessageTooLargeError``.
+        Completes the publisher's service and version (unless the event set them) and the
+        context's correlation and causation (unless the event has its own), without copying
+        the model. Raises before anything is sent: ``UnknownEventTypeError``, ``EncodeError``,
+        ``MessageTooLargeError``. Example: ``publisher.prepare(event).key``
         """
         spec: EventSpec = self.catalog.spec_for(event)
         meta = event.metadata
         event_id = str(meta.event_id)
-        updates = self._metadata_updates(event)
-        updates["event_id"] = event_id  # the Avro uuid as text: converted once, for the body and the header
+        updates: dict[str, Any] = {"event_id": event_id}  # the Avro uuid as text: for the body and the header
+        given = meta.__pydantic_fields_set__
+        if "service" not in given:
+            updates["service"] = self.config.service
+        if "version" not in given:
+            updates["version"] = self.config.service_version
+        correlation = meta.correlation_id
+        if correlation is None and (correlation := current_correlation_id()) is not None:
+            updates["correlation_id"] = correlation
+        causation = meta.causation_id
+        if causation is None and (causation := current_causation_id()) is not None:
+            updates["causation_id"] = causation
         value = self._codec.encode_with(spec, event, updates)
         if len(value) > self.config.max_message_bytes:
             raise MessageTooLargeError(len(value), self.config.max_message_bytes, spec.event_type)
         headers = [("event-type", self._type_headers[spec.event_type]), ("event-id", event_id.encode())]
-        correlation = updates.get("correlation_id", meta.correlation_id)
         if correlation is not None:
             headers.append(("correlation-id", correlation.encode()))
-        causation = updates.get("causation_id", meta.causation_id)
         if causation is not None:
             headers.append(("causation-id", str(causation).encode()))
-        key = spec.key_of(event).encode()
-        return OutgoingRecord(self._topic_names[spec.event_type], key, value, headers)
+        return OutgoingRecord(self._topic_names[spec.event_type], spec.key_of(event).encode(), value, headers)
 
     async def _enqueue(self, event: Event) -> asyncio.Future[Delivery]:
         self._require_started()
@@ -225,18 +222,29 @@ class EventPublisher:
         Waits only when ``max_buffered_records`` are unacknowledged. Failures are
         raised by the next ``flush()``. Example: ``await publisher.send(event)``
         """
-        await self._buffer.acquire()
-        self._in_flight += 1
-        self._drained.clear()
-        try:
+        if self._in_flight >= self._max_in_flight:
+            await self._wait_for_room()
+        if not self._started:
             self._require_started()
-            record = self.prepare(event)
+        record = self.prepare(event)
+        if record.topic not in self._known_topics:
             await self._check_topic(record.topic)
-            await self._transport.append(record, event.event_id, self._on_sent)
+        event_id = event.metadata.event_id
+        self._in_flight += 1
+        if self._in_flight == 1:
+            self._drained.clear()
+        try:
+            await self._transport.append(record, event_id, self._on_sent)
         except BaseException:
             self._settled()
             raise
-        return event.event_id
+        return event_id
+
+    async def _wait_for_room(self) -> None:
+        while self._in_flight >= self._max_in_flight:
+            self._room.clear()
+            self._room_wanted = True
+            await self._room.wait()
 
     def _on_sent(self, token: object, error: BaseException | None) -> None:
         self._settled()
@@ -245,10 +253,12 @@ class EventPublisher:
             self._record_failure(token, failure)
 
     def _settled(self) -> None:
-        self._buffer.release()
         self._in_flight -= 1
         if not self._in_flight:
             self._drained.set()
+        if self._room_wanted and self._in_flight < self._max_in_flight:
+            self._room_wanted = False
+            self._room.set()
 
     def _record_failure(self, event_id: object, error: EventBusError) -> None:
         self._failure_count += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 __all__ = ["Delivery", "DoneCallback", "OutgoingRecord", "ProducerTransport"]
 
@@ -13,9 +13,8 @@ DoneCallback = Callable[[object, BaseException | None], None]
 """``done(token, error)``: a fire-and-forget record was acknowledged (error None) or failed."""
 
 
-@dataclass(frozen=True, slots=True)
-class OutgoingRecord:
-    """A record ready for the wire."""
+class OutgoingRecord(NamedTuple):
+    """A record ready for the wire (a tuple: the publish path makes one per event)."""
 
     topic: str
     key: bytes | None
