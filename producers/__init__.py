@@ -19,7 +19,7 @@ from ._context import (
 )
 from ._kafka import KafkaProducerTransport, connect_with_retry, convert_kafka_error
 from ._memory import InMemoryBroker, InMemoryProducerTransport, StoredRecord
-from ._partitioner import KeyPartitioner, murmur2, murmur2_partition
+from ._partitioner import KeyPartitioner, murmur2, murmur2_partition, native_murmur2_partition
 from ._publisher import EventPublisher, PublishResult
 from ._transport import Delivery, OutgoingRecord, ProducerTransport
 
@@ -45,6 +45,7 @@ __all__ = [
     "current_correlation_id",
     "murmur2",
     "murmur2_partition",
+    "native_murmur2_partition",
     "reset_cause",
     "set_cause",
 ]

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import uuid4
 
 import pytest
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
 from infra._topics import TOPIC_SPECS
-from producers import EventPublisher, InMemoryBroker, KafkaConnection, PublisherConfig, murmur2_partition
+from producers import (
+    EventPublisher,
+    InMemoryBroker,
+    KafkaConnection,
+    KeyPartitioner,
+    PublisherConfig,
+    murmur2_partition,
+    native_murmur2_partition,
+)
 from schemas import BrokerUnavailableError, PublishFailedError
 from tests.events_factory import example_event
 from tests.publisher_contract import PublisherContract, RawRecord
@@ -123,3 +133,30 @@ def test_fake_partitioner_matches_the_java_client_and_aiokafka(key: bytes) -> No
     assert aiokafka_murmur2(key) & 0xFFFFFFFF == unsigned
     for partitions in (1, 3, 6, 7):
         assert murmur2_partition(key, partitions) == (unsigned & 0x7FFFFFFF) % partitions
+
+
+def test_librdkafkas_murmur2_when_installed_puts_every_key_where_the_java_client_does() -> None:
+    native = native_murmur2_partition()
+    if native is None:
+        pytest.skip("librdkafka is not installed (the confluent-kafka wheel brings it): pure-Python murmur2 in use")
+    rng = random.Random(5)
+    keys = [rng.randbytes(rng.randrange(0, 80)) for _ in range(2000)] + [str(uuid4()).encode() for _ in range(200)]
+    keys += list(JAVA_MURMUR2)
+    for partitions in (1, 2, 3, 6, 7, 64, 1000):
+        assert [native(key, partitions) for key in keys] == [murmur2_partition(key, partitions) for key in keys]
+    native_partitioner, python_partitioner = KeyPartitioner(), KeyPartitioner(native=False)
+    assert native_partitioner.native
+    assert not python_partitioner.native
+    assert [native_partitioner.partition(k, 6) for k in keys] == [python_partitioner.partition(k, 6) for k in keys]
+
+
+def test_native_murmur2_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVENTBUS_NATIVE_MURMUR2", "0")
+    assert native_murmur2_partition() is None
+
+
+def test_the_partitioner_memo_is_bounded_and_keeps_answering() -> None:
+    partitioner = KeyPartitioner(max_keys=10, native=False)
+    keys = [f"key-{i}".encode() for i in range(25)]
+    assert [partitioner.partition(k, 7) for k in keys * 2] == [murmur2_partition(k, 7) for k in keys * 2]
+    assert len(partitioner._partitions) <= 10
