@@ -40,6 +40,8 @@ _CENT = Decimal("0.01")
 
 
 def _to_utc(value: datetime) -> datetime:
+    if value.tzinfo is UTC:
+        return value  # what astimezone(UTC) returns for it, without the call (decoded timestamps are UTC)
     try:
         return value.astimezone(UTC)
     except OverflowError:
@@ -159,7 +161,8 @@ class Event(_Frozen):
         meta = data.get("metadata")
         if meta is None:
             return {**data, "metadata": EventMetadata.new(cls.event_type)}
-        if isinstance(meta, dict) and not {"event_id", "event_type", "occurred_at"} <= meta.keys():
+        # Three lookups: half the time of building a set (and of any set comparison) on every validation.
+        if isinstance(meta, dict) and ("event_id" not in meta or "event_type" not in meta or "occurred_at" not in meta):
             filled = {"event_id": uuid4(), "event_type": cls.event_type, "occurred_at": datetime.now(UTC)}
             return {**data, "metadata": {**filled, **meta}}
         return data

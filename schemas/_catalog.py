@@ -67,9 +67,7 @@ def _mentions_model(annotation: Any) -> bool:
 
 
 def _is_flat(model: type[Event]) -> bool:
-    return not any(
-        _mentions_model(info.annotation) for name, info in model.model_fields.items() if name != "metadata"
-    )
+    return not any(_mentions_model(info.annotation) for name, info in model.model_fields.items() if name != "metadata")
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
