@@ -13,7 +13,7 @@ from ._app import group_id, run_groups
 from ._builtin import BUILTIN_GROUP_NAMES, builtin_groups, builtin_migrations
 from ._cache import Cache, MemoryCache, RedisCache, open_cache
 from ._config import ConsumerConfig, RuntimeConfig
-from ._context import FOLLOW_UP_NAMESPACE, HandlerContext, follow_up_id
+from ._context import FOLLOW_UP_NAMESPACE, HandlerContext, HandlerScope, follow_up_id
 from ._database import Database, Migration, async_url, migrated_database
 from ._dead_letter import REPLAY_HEADER, build_dead_letter
 from ._group import BackgroundTask, ConsumerGroup, GroupRegistry, Handler
@@ -44,6 +44,7 @@ __all__ = [
     "GroupSettings",
     "Handler",
     "HandlerContext",
+    "HandlerScope",
     "InMemoryConsumerTransport",
     "KafkaConsumerTransport",
     "MemoryCache",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeVar
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from producers import EventPublisher, PublishResult
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from ._store import Effects, ProcessedEventStore
     from ._transport import ConsumedRecord
 
-__all__ = ["FOLLOW_UP_NAMESPACE", "HandlerContext", "follow_up_id"]
+__all__ = ["FOLLOW_UP_NAMESPACE", "HandlerContext", "HandlerScope", "follow_up_id"]
 
 E = TypeVar("E", bound=Event)
 
@@ -32,6 +32,38 @@ def follow_up_id(group: str, source_id: UUID, event_type: str, index: int) -> UU
     return uuid5(FOLLOW_UP_NAMESPACE, f"{group}/{source_id}/{event_type}/{index}")
 
 
+class HandlerScope(NamedTuple):
+    """What every handler call of a group shares: the group's name, its publisher and its store.
+
+    Example: ``HandlerScope("credits", publisher, store)``
+    """
+
+    group: str
+    publisher: EventPublisher
+    store: ProcessedEventStore | None = None
+
+
+class _Origin(Protocol):
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+class _Where(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
+
 class HandlerContext:
     """Where the event came from, which attempt this is, and how to publish follow-ups.
 
@@ -40,19 +72,7 @@ class HandlerContext:
     Example: ``await ctx.publish(UserCreditsUpdated(...))``
     """
 
-    __slots__ = (
-        "_counts",
-        "_publisher",
-        "_store",
-        "attempt",
-        "event",
-        "group",
-        "headers",
-        "key",
-        "offset",
-        "partition",
-        "topic",
-    )
+    __slots__ = ("_counts", "_origin", "_scope", "attempt", "event")
 
     def __init__(
         self,
@@ -68,45 +88,55 @@ class HandlerContext:
         publisher: EventPublisher,
         store: ProcessedEventStore | None = None,
     ) -> None:
-        self.group = group
+        self._scope = HandlerScope(group, publisher, store)
+        self._origin: _Origin = _Where(topic, partition, offset, key, headers)
         self.event = event
-        self.topic = topic
-        self.partition = partition
-        self.offset = offset
-        self.key = key
-        self.headers = headers
         self.attempt = attempt
-        self._publisher = publisher
-        self._store = store
         self._counts: Counter[str] | None = None  # made on the first follow-up: most handlers publish none
 
     @classmethod
-    def for_record(  # noqa: PLR0917 - positional on purpose: called once per record
-        cls,
-        group: str,
-        event: Event,
-        record: ConsumedRecord,
-        attempt: int,
-        publisher: EventPublisher,
-        store: ProcessedEventStore | None,
-    ) -> HandlerContext:
-        """The context of ``record``'s handler call (the runtime's per-record path: no keyword parsing).
+    def for_record(cls, scope: HandlerScope, event: Event, record: ConsumedRecord, attempt: int) -> HandlerContext:
+        """The context of ``record``'s handler call: the runtime's per-record path (five slots set, no keywords).
 
-        Example: ``HandlerContext.for_record("credits", event, record, 1, publisher, None).offset``
+        Example: ``HandlerContext.for_record(HandlerScope("credits", publisher), event, record, 1).offset``
         """
         context = cls.__new__(cls)
-        context.group = group
+        context._scope = scope
+        context._origin = record
         context.event = event
-        context.topic = record.topic
-        context.partition = record.partition
-        context.offset = record.offset
-        context.key = record.key
-        context.headers = record.headers
         context.attempt = attempt
-        context._publisher = publisher
-        context._store = store
         context._counts = None
         return context
+
+    @property
+    def group(self) -> str:
+        """The consumer group handling the event."""
+        return self._scope.group
+
+    @property
+    def topic(self) -> str:
+        """The topic the record was read from."""
+        return self._origin.topic
+
+    @property
+    def partition(self) -> int:
+        """The partition the record was read from."""
+        return self._origin.partition
+
+    @property
+    def offset(self) -> int:
+        """The record's offset."""
+        return self._origin.offset
+
+    @property
+    def key(self) -> bytes | None:
+        """The record's key."""
+        return self._origin.key
+
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]:
+        """The record's headers."""
+        return self._origin.headers
 
     @property
     def correlation_id(self) -> str:
@@ -128,7 +158,7 @@ class HandlerContext:
 
     async def publish(self, event: Event) -> PublishResult:
         """Publish a follow-up and wait for the broker's acknowledgement."""
-        return await self._publisher.publish(self.follow_up(event))
+        return await self._scope.publisher.publish(self.follow_up(event))
 
     def effects(self) -> Effects:
         """A transaction that records (group, event id) with the handler's writes: effects happen once.
@@ -139,7 +169,8 @@ class HandlerContext:
                 if tx.first_time:
                     await tx.execute("UPDATE ...", {...})
         """
-        if self._store is None:
+        store = self._scope.store
+        if store is None:
             msg = f"group {self.group} runs without a processed-events store (EVENTBUS_DATABASE_URL)"
             raise ConfigurationError(msg)
-        return self._store.effects(self.group, self.event.event_id)
+        return store.effects(self.group, self.event.event_id)

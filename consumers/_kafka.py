@@ -20,6 +20,9 @@ from ._transport import ConsumedRecord, PartitionsCallback, TopicPartition
 
 __all__ = ["KafkaConsumerTransport"]
 
+_HELD_WAIT_MS = 5
+"""How long a fetch waits for records while some partitions are paused (their resume must not wait longer)."""
+
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(
@@ -106,7 +109,9 @@ class KafkaConsumerTransport:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._resumed.wait(), timeout_s)
                     return {}
-                batch = await consumer.getmany(*wanted, timeout_ms=timeout_ms, max_records=max_records)
+                # A short wait: a partition resumed meanwhile is fetched on the next round, not after timeout_s.
+                wait_ms = min(timeout_ms, _HELD_WAIT_MS)
+                batch = await consumer.getmany(*wanted, timeout_ms=wait_ms, max_records=max_records)
         except KafkaError as exc:
             raise BrokerError(f"fetch failed: {exc!r}", retriable=True) from exc
         return batch  # type: ignore[no-any-return]

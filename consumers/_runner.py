@@ -24,7 +24,7 @@ from schemas import AvroCodec, Event
 from schemas.errors import BrokerError, CommitFailedError, DecodeError, EventBusError
 
 from ._config import RuntimeConfig
-from ._context import HandlerContext
+from ._context import HandlerContext, HandlerScope
 from ._failures import FailureRouter, ParkedKeys, RetryState, retry_topic_name
 from ._group import ConsumerGroup, Handler
 from ._metrics import RuntimeMetrics, default_metrics
@@ -84,6 +84,7 @@ class GroupRunner:
         self._publisher = publisher
         self._codec = codec or AvroCodec(group.catalog)
         self._store = store
+        self._scope = HandlerScope(group.name, publisher, store)
         self._metrics = metrics or default_metrics()
         self._parts: dict[TopicPartition, _Partition] = {}
         self._slots = asyncio.Semaphore(self.config.concurrency)
@@ -284,7 +285,7 @@ class GroupRunner:
         as_event = self._codec.decode_dict_as_event
         handler_for = self.group.handler_for
         by_type = self._by_type
-        group, publisher, store = self.group.name, self._publisher, self._store
+        scope = self._scope
         for_record = HandlerContext.for_record
         clock = time.perf_counter
         simple = self._parked is None
@@ -308,7 +309,7 @@ class GroupRunner:
                         handler = handler_for(spec.event_type)
                         if handler is not None:
                             labels = by_type.get(spec.event_type) or self._labels(spec.event_type)
-                            context = for_record(group, event, record, 1, publisher, store)
+                            context = for_record(scope, event, record, 1)
                             cause = set_cause(event)
                             started = clock()
                             try:
@@ -421,9 +422,7 @@ class GroupRunner:
             if attempt == 1 and first_error is not None:
                 error = first_error
             else:
-                context = HandlerContext.for_record(
-                    self.group.name, event, record, previous + attempt, self._publisher, self._store
-                )
+                context = HandlerContext.for_record(self._scope, event, record, previous + attempt)
                 cause = set_cause(event)
                 try:
                     await handler(event, context)
