@@ -20,8 +20,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
+from prometheus_client import CollectorRegistry
 
-from consumers import ConsumerGroup, HandlerContext, group_id, run_groups
+from consumers import ConsumerGroup, HandlerContext, HandlerScope, RuntimeMetrics, group_id, run_groups
+from producers import EventPublisher, reset_cause, set_cause
 from schemas import AvroCodec, SessionCreated
 
 from ._common import (
@@ -48,6 +50,7 @@ from ._common import (
 )
 
 RAW = "aiokafka getmany+decode+validate+commit/batch"
+FLOOR = "same + per-record handler call and bookkeeping (diagnostic)"
 RUNTIME = "runtime, no-op handler (at-least-once)"
 FS_DEFAULT = "FastStream default (ack first, at-most-once)"
 FS_ACK = "FastStream ack after each message"
@@ -118,6 +121,26 @@ class ConsumeBench:
         return Sample(self.events - progress.excluded, seconds, extra)
 
     async def raw(self) -> Sample:
+        return await self._raw_loop(per_record_handler=False)
+
+    async def floor(self) -> Sample:
+        """The raw loop plus what every per-record handler call costs the runtime, and nothing else.
+
+        A ``HandlerContext``, the cause set and reset around an awaited no-op handler, its latency
+        observed and the handled counter: the runtime's work per record without its dispatch
+        (queues, ordering, pauses, watermarks). It tells what share of the gap to raw is the
+        per-record handler contract itself.
+        """
+        return await self._raw_loop(per_record_handler=True)
+
+    async def _raw_loop(self, *, per_record_handler: bool) -> Sample:
+        metrics = RuntimeMetrics(CollectorRegistry())
+        handled, latency = metrics.handled.labels("floor", "x"), metrics.latency.labels("floor", "x")
+        scope = HandlerScope("floor", EventPublisher())  # never started: the handler publishes nothing
+
+        async def noop(event: object, ctx: HandlerContext) -> None:
+            return None
+
         group = unique_name("raw").rstrip("-")
         consumer = AIOKafkaConsumer(self.avro_topic, group_id=group, **raw_consumer_options(self.settings))
         await consumer.start()
@@ -133,7 +156,17 @@ class ConsumeBench:
                 offsets = {}
                 for tp, records in batch.items():
                     for record in records:
-                        codec.decode(record.value)  # decode + validate into the model
+                        event = codec.decode(record.value)  # decode + validate into the model
+                        if per_record_handler:
+                            context = HandlerContext.for_record(scope, event, record, 1)
+                            cause = set_cause(event)
+                            begun = time.perf_counter()
+                            try:
+                                await noop(event, context)
+                            finally:
+                                reset_cause(cause)
+                            latency.observe(time.perf_counter() - begun)
+                            handled.inc()
                     offsets[tp] = records[-1].offset + 1
                     progress.count += len(records)
                 if offsets:
@@ -204,6 +237,8 @@ def report(samples: dict[str, list[Sample]], events: int, rounds: int) -> dict[s
     best_fs = [max(a.rate, b.rate) for a, b in zip(samples[FS_ACK], samples[FS_BATCH], strict=True)]
     ratios = {
         "runtime / raw aiokafka (same decode, validate, commit work)": per_round_ratio(samples, RUNTIME, RAW),
+        "raw + per-record handler work / raw aiokafka (diagnostic)": per_round_ratio(samples, FLOOR, RAW),
+        "runtime / raw + per-record handler work (diagnostic)": per_round_ratio(samples, RUNTIME, FLOOR),
         "runtime / FastStream best at-least-once mode": [
             s.rate / best for s, best in zip(samples[RUNTIME], best_fs, strict=True)
         ],
@@ -242,6 +277,7 @@ async def run(events: int, rounds: int) -> dict[str, Any]:
         await bench.setup()
         variants: list[tuple[str, Callable[[], Awaitable[Sample]]]] = [
             (RAW, bench.raw),
+            (FLOOR, bench.floor),
             (RUNTIME, bench.runtime),
             (FS_DEFAULT, lambda: bench.faststream(None)),
             (FS_ACK, lambda: bench.faststream(AckPolicy.ACK)),

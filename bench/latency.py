@@ -8,8 +8,8 @@ send time, so a producer that falls behind shows up as latency (no coordinated o
 handler records ``now - occurred_at`` when it starts. The first half second of events is warm-up.
 
 ``--diagnose`` adds the mixed pairs (SDK producer -> raw consumer, raw producer -> runtime) to tell
-which side adds latency. A third variant is an experiment: the runtime with ``fetch_max_wait_ms`` at 10 ms (through
-``ConsumerConfig`` when it has the setting, else patched into aiokafka in the consumer subprocess).
+which side adds latency. A third variant is an experiment: the SDK lingering 1 ms instead of its
+default 5 ms before it ships a partition's batch.
 """
 
 from __future__ import annotations
@@ -25,15 +25,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.abc import ConsumerRebalanceListener
 
-from consumers import ConsumerConfig, ConsumerGroup, HandlerContext, run_groups
-from consumers import _kafka as consumers_kafka
+from consumers import ConsumerGroup, HandlerContext, run_groups
 from producers import EventPublisher
 from schemas import AvroCodec, EventMetadata, SessionCreated
 
@@ -57,13 +55,13 @@ from ._common import (
 )
 
 WARMUP_S = 0.5
-EXPERIMENT_FETCH_WAIT_MS = 10
-VARIANTS = ("sdk", "aiokafka", "sdk-wait10")
+EXPERIMENT_LINGER_MS = 1
+VARIANTS = ("sdk", "aiokafka", "sdk-linger1")
 DIAGNOSTIC = ("sdk-to-aiokafka", "aiokafka-to-runtime")
 LABELS = {
     "sdk": "SDK send() -> runtime handler",
     "aiokafka": "aiokafka send() -> getmany loop",
-    "sdk-wait10": f"SDK -> runtime, fetch_max_wait_ms={EXPERIMENT_FETCH_WAIT_MS} (experiment)",
+    "sdk-linger1": f"SDK (linger_ms={EXPERIMENT_LINGER_MS}) -> runtime handler (experiment)",
     "sdk-to-aiokafka": "SDK send() -> getmany loop (diagnostic)",
     "aiokafka-to-runtime": "aiokafka send() -> runtime handler (diagnostic)",
 }
@@ -71,7 +69,7 @@ LABELS = {
 ROUTES = {
     "sdk": ("sdk", "runtime"),
     "aiokafka": ("aiokafka", "aiokafka"),
-    "sdk-wait10": ("sdk", "runtime"),
+    "sdk-linger1": ("sdk", "runtime"),
     "sdk-to-aiokafka": ("sdk", "aiokafka"),
     "aiokafka-to-runtime": ("aiokafka", "runtime"),
 }
@@ -105,13 +103,6 @@ async def consume(variant: str, *, bootstrap: str, prefix: str, expected: int, o
     done = asyncio.Event()
     settings = settings_for(bootstrap, prefix)
     consumer_config = settings.consumer_config()
-    if variant == "sdk-wait10":
-        # Experiment: how long the broker may hold a fetch bounds the latency of an idle consumer.
-        if "fetch_max_wait_ms" in ConsumerConfig.model_fields:
-            consumer_config = consumer_config.model_copy(update={"fetch_max_wait_ms": EXPERIMENT_FETCH_WAIT_MS})
-        else:  # a runtime without the setting: patch aiokafka's default (500 ms) in this subprocess only
-            patched = partial(AIOKafkaConsumer, fetch_max_wait_ms=EXPERIMENT_FETCH_WAIT_MS)
-            consumers_kafka.AIOKafkaConsumer = patched  # type: ignore[attr-defined]
     if ROUTES[variant][1] == "runtime":
         group = ConsumerGroup(f"lat-{uuid.uuid4().hex[:8]}")
 
@@ -227,6 +218,8 @@ async def _produce(variant: str, bootstrap: str, prefix: str, rate: int, count: 
     settings = settings_for(bootstrap, prefix)
     if ROUTES[variant][0] == "sdk":
         config = settings.publisher_config(service="bench-latency")
+        if variant == "sdk-linger1":
+            config = config.model_copy(update={"linger_ms": EXPERIMENT_LINGER_MS})
         async with EventPublisher(connection=settings.connection(), config=config) as publisher:
 
             async def send_sdk(event: SessionCreated) -> None:
