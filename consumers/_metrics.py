@@ -122,9 +122,6 @@ class RuntimeMetrics:
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.consumed = _ValueFamily("eventbus_consumed", "Records fetched", ("group",), "counter")
-        self.handled = _ValueFamily(
-            "eventbus_handled", "Records handled successfully", ("group", "event_type"), "counter"
-        )
         self.failed = _ValueFamily(
             "eventbus_failed", "Handler attempts that failed", ("group", "event_type"), "counter"
         )
@@ -140,7 +137,6 @@ class RuntimeMetrics:
         )
         self._families: tuple[_Family[_Value] | _Family[_Buckets], ...] = (
             self.consumed,
-            self.handled,
             self.failed,
             self.retried,
             self.dead_lettered,
@@ -151,8 +147,26 @@ class RuntimeMetrics:
 
     def collect(self) -> Iterator[Metric]:
         """Every family with its current values (called by prometheus-client on a scrape)."""
+        yield self._handled()
         for family in self._families:
             yield family.family()
+
+    def _handled(self) -> Metric:
+        """Records handled successfully: the latency histogram's counts (every success is observed once).
+
+        Derived rather than counted, so the runtime's per-record path updates one number less.
+        """
+        metric = CounterMetricFamily(
+            "eventbus_handled", "Records handled successfully", labels=list(self.latency.label_names)
+        )
+        for values, child in self.latency.children.items():
+            metric.add_metric(list(values), float(sum(child.counts)))
+        return metric
+
+    def handled(self, group: str, event_type: str) -> int:
+        """Records of ``event_type`` that ``group`` handled successfully. Example: ``metrics.handled("credits", t)``"""
+        child = self.latency.children.get((group, event_type))
+        return 0 if child is None else sum(child.counts)
 
 
 def default_metrics() -> RuntimeMetrics:

@@ -96,7 +96,7 @@ class GroupRunner:
         self.assigned = asyncio.Event()
         """Set once the group has given this member its first assignment (tests wait on it)."""
         self._consumed = self._metrics.consumed.labels(group.name)
-        self._by_type: dict[str, tuple[Any, Any, Any, Any]] = {}
+        self._by_type: dict[str, tuple[Any, Any, Any]] = {}
         self._background_error: BaseException | None = None
         connection = publisher.connection
         tiers = self.config.retry_tiers_s
@@ -321,13 +321,12 @@ class GroupRunner:
                             finally:
                                 reset_cause(cause)
                             if error is None:
-                                # The metrics' plain numbers, updated in place: a method call each costs
-                                # as much as the rest of this bookkeeping.
+                                # The histogram's plain numbers, updated in place (a method call costs as much
+                                # as the update); its counts are also the handled counter.
                                 elapsed = clock() - started
-                                latency = labels[3]
+                                latency = labels[2]
                                 latency.counts[bisect_left(latency.bounds, elapsed)] += 1
                                 latency.total += elapsed
-                                labels[0].value += 1
                             elif not await self._attempts(record, event, handler, None, first_error=error):
                                 return False
                 queue.popleft()
@@ -353,12 +352,11 @@ class GroupRunner:
             await _wait_any(self._stop, part.wakeup, wait_s=wait_s)
         return state is None or not (part.stopped or self._stop.is_set())
 
-    def _labels(self, event_type: str) -> tuple[Any, Any, Any, Any]:
+    def _labels(self, event_type: str) -> tuple[Any, Any, Any]:
         labels = self._by_type.get(event_type)
         if labels is None:
             m, name = self._metrics, self.group.name
             labels = (
-                m.handled.labels(name, event_type),
                 m.failed.labels(name, event_type),
                 m.retried.labels(name, event_type),
                 m.latency.labels(name, event_type),
@@ -410,7 +408,7 @@ class GroupRunner:
 
         ``first_error``: the first attempt already ran (in ``_run``) and failed with it.
         """
-        handled, failed, retried, latency = self._labels(event.event_type)
+        failed, retried, latency = self._labels(event.event_type)
         first_failure: datetime | None = None
         previous = state.attempts if state else 0
         limit = 1 if state else self.config.max_attempts  # a retry tier gives one attempt per tier
@@ -431,8 +429,7 @@ class GroupRunner:
                 finally:
                     reset_cause(cause)
             if error is None:
-                latency.observe(time.perf_counter() - started)
-                handled.inc()
+                latency.observe(time.perf_counter() - started)  # also counts it as handled
                 done = True
             else:
                 failed.inc()
