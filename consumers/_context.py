@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from producers import EventPublisher, PublishResult
 from schemas import Event
 from schemas.errors import ConfigurationError
 
+from ._transport import ConsumedRecord, PlainRecord
+
 if TYPE_CHECKING:
     from ._store import Effects, ProcessedEventStore
-    from ._transport import ConsumedRecord
 
 __all__ = ["FOLLOW_UP_NAMESPACE", "HandlerContext", "HandlerScope", "follow_up_id"]
 
@@ -43,27 +44,6 @@ class HandlerScope(NamedTuple):
     store: ProcessedEventStore | None = None
 
 
-class _Origin(Protocol):
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-    @property
-    def key(self) -> bytes | None: ...
-    @property
-    def headers(self) -> Sequence[tuple[str, bytes]]: ...
-
-
-class _Where(NamedTuple):
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    headers: Sequence[tuple[str, bytes]]
-
-
 class HandlerContext:
     """Where the event came from, which attempt this is, and how to publish follow-ups.
 
@@ -89,7 +69,7 @@ class HandlerContext:
         store: ProcessedEventStore | None = None,
     ) -> None:
         self._scope = HandlerScope(group, publisher, store)
-        self._origin: _Origin = _Where(topic, partition, offset, key, headers)
+        self._origin: ConsumedRecord = PlainRecord(topic, partition, offset, -1, key, None, headers)
         self.event = event
         self.attempt = attempt
         self._counts: Counter[str] | None = None  # made on the first follow-up: most handlers publish none

@@ -32,7 +32,7 @@ from schemas._avro import MAGIC, load_event_schemas
 from schemas._codec import compiled_codec
 from schemas._compiled import CompiledSchema, UnsupportedSchemaError, compile_schema
 from tests.events_factory import example_event
-from tests.unit.test_codec import AWARE, model_strategy
+from tests.strategies import AWARE, model_strategy
 
 SPECS = list(CATALOG)
 IDS = [spec.event_type for spec in SPECS]
