@@ -259,6 +259,27 @@ class PublisherContract:
             assert record.header("causation-id") == encoded(causation)
             assert record.header("correlation-id") == encoded(correlation)
 
+    async def test_the_innermost_of_a_cause_and_a_correlation_scope_decides_the_correlation(
+        self, harness: PublisherHarness
+    ) -> None:
+        """A correlation scope inside a cause keeps the causation; a cause inside a scope brings its correlation."""
+        source = example_event("payment:process_required", metadata={"correlation_id": "req-source"})
+        async with harness.publisher() as publisher:
+            with caused_by(source), correlation_scope("req-inner"):
+                scoped = await publisher.publish(example_event("payment:processed", payment_id="payment-a"))
+            with correlation_scope("req-outer"), caused_by(source):
+                caused = await publisher.publish(example_event("payment:processed", payment_id="payment-b"))
+            after = await publisher.publish(example_event("payment:processed", payment_id="payment-c"))
+        stored = await stored_by_id(harness, "payment:processed", 3)
+        expectations = [
+            (scoped, source.event_id, "req-inner"),
+            (caused, source.event_id, "req-source"),
+            (after, None, None),
+        ]
+        for result, causation, correlation in expectations:
+            meta = CODEC.decode(stored[result.event_id].value).metadata
+            assert (meta.causation_id, meta.correlation_id) == (causation, correlation)
+
     async def test_explicit_service_version_kept_else_config_stamped(self, harness: PublisherHarness) -> None:
         explicit = session_event("session-a", metadata={"service": "billing", "version": "9.9"})
         implicit = session_event("session-b")
