@@ -1,15 +1,14 @@
 """Kafka's default partitioning (the Java client's murmur2), fast enough for the publish hot path.
 
 Hashing a key in pure Python costs about 5 µs, as much as a third of a fire-and-forget publish of an
-event whose key is new. Where librdkafka is installed (the confluent-kafka wheel ships it), its own
-murmur2 partitioner is called through ctypes instead (about 1 µs); it is checked against the
-pure-Python one when loaded, and the pure-Python code is used whenever it is not there.
+event whose key is new. Where the confluent-kafka wheel is installed (the ``native`` extra; it ships
+librdkafka), librdkafka's own murmur2 partitioner is called through ctypes instead (about 1 µs); it
+is checked against the pure-Python one when loaded, which is used whenever it is not there.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import importlib.util
 import os
 import struct
@@ -58,16 +57,17 @@ _CHECKED_KEYS = (b"", b"a", b"21", b"abc", b"foobar", b"a-little-bit-long-string
 
 
 def _librdkafka_paths() -> list[str]:
-    """Where librdkafka may be: the confluent-kafka wheel's bundled copy, then the system's."""
+    """Where the confluent-kafka wheel keeps its bundled librdkafka (found without importing it).
+
+    A system librdkafka is not looked for: ``ctypes.util.find_library`` runs ``ldconfig`` (or a
+    compiler), which an import must not do.
+    """
     paths: list[str] = []
     spec = importlib.util.find_spec("confluent_kafka")
     if spec is not None and spec.origin is not None:
         package = Path(spec.origin).parent
         for folder in (package.parent / "confluent_kafka.libs", package / ".dylibs", package):
             paths.extend(str(p) for p in sorted(folder.glob("librdkafka*")) if ".so" in p.name or ".dylib" in p.name)
-    system = ctypes.util.find_library("rdkafka")
-    if system:
-        paths.append(system)
     return paths
 
 
