@@ -163,11 +163,6 @@ class RuntimeMetrics:
             metric.add_metric(list(values), float(sum(child.counts)))
         return metric
 
-    def handled(self, group: str, event_type: str) -> int:
-        """Records of ``event_type`` that ``group`` handled successfully. Example: ``metrics.handled("credits", t)``"""
-        child = self.latency.children.get((group, event_type))
-        return 0 if child is None else sum(child.counts)
-
 
 def default_metrics() -> RuntimeMetrics:
     """The process-wide metrics on prometheus-client's default registry."""

@@ -179,7 +179,7 @@ class KafkaProducerTransport:
 
         The partition is the Java client's: murmur2 of the key (round robin without a key).
         """
-        producer = self._producer or self._running()
+        producer = self._running()
         topic, key = record.topic, record.key
         count = self._partition_counts.get(topic)
         if count is None:
@@ -196,7 +196,7 @@ class KafkaProducerTransport:
         if batch.builder.append(timestamp=None, key=key, value=record.value, headers=record.headers) is None:
             await self._ship(tp)
             batch = self._open[tp] = _OpenBatch(producer.create_batch(), done)
-            if batch.builder.append(timestamp=None, key=record.key, value=record.value, headers=record.headers) is None:
+            if batch.builder.append(timestamp=None, key=key, value=record.value, headers=record.headers) is None:
                 done(token, MessageTooLargeError(len(record.value), self._config.max_batch_bytes, record.topic))
                 return
         batch.tokens.append(token)

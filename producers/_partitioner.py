@@ -109,19 +109,24 @@ class KeyPartitioner:
 
     def __init__(self, max_keys: int = 65_536, *, native: bool = True) -> None:
         self._max_keys = max_keys
-        self._partitions: dict[tuple[bytes, int], int] = {}
+        self._memos: dict[int, dict[bytes, int]] = {}  # partition count -> key -> partition
         self._native = _NATIVE if native else None
-        self.native = self._native is not None
+
+    @property
+    def native(self) -> bool:
         """Whether librdkafka's murmur2 is used."""
+        return self._native is not None
 
     def partition(self, key: bytes, partitions: int) -> int:
         """The partition of ``key`` among ``partitions``."""
-        memo = (key, partitions)
-        found = self._partitions.get(memo)
+        memo = self._memos.get(partitions)
+        if memo is None:
+            memo = self._memos[partitions] = {}
+        found = memo.get(key)
         if found is None:
-            if len(self._partitions) >= self._max_keys:
-                self._partitions.clear()
+            if len(memo) >= self._max_keys:
+                memo.clear()
             native = self._native
             found = native(key, partitions) if native is not None else (murmur2(key) & 0x7FFFFFFF) % partitions
-            self._partitions[memo] = found
+            memo[key] = found
         return found

@@ -159,4 +159,4 @@ def test_the_partitioner_memo_is_bounded_and_keeps_answering() -> None:
     partitioner = KeyPartitioner(max_keys=10, native=False)
     keys = [f"key-{i}".encode() for i in range(25)]
     assert [partitioner.partition(k, 7) for k in keys * 2] == [murmur2_partition(k, 7) for k in keys * 2]
-    assert len(partitioner._partitions) <= 10
+    assert len(partitioner._memos[7]) <= 10
