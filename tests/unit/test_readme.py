@@ -22,7 +22,7 @@ def test_first_screen_has_exactly_two_setup_commands_demo_then_tests() -> None:
 
 def test_ci_runs_the_readme_test_command() -> None:
     command = subprocess.run(
-        ["bash", "-c", 'grep -m1 -E "^python3 -m venv \\.venv .*pytest" README.md'],
+        ["bash", "-c", 'grep -m1 -E "^bash infra/dev/services\\.sh && python3 -m venv \\.venv .*pytest" README.md'],
         cwd=ROOT,
         capture_output=True,
         text=True,
