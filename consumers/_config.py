@@ -31,6 +31,8 @@ class ConsumerConfig(_Config):
     """Bytes one fetch may bring (aiokafka's default is 50 MB, which a consumer must then hold)."""
     fetch_max_wait_ms: int = Field(default=10, ge=0)
     """How long the broker may hold a fetch for more data: the floor of publish→handler latency when idle."""
+    isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed"
+    """read_committed: records of aborted transactions are never handled, open ones wait for their outcome."""
 
     @model_validator(mode="after")
     def _check_heartbeat(self) -> ConsumerConfig:

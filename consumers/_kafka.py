@@ -75,6 +75,7 @@ class KafkaConsumerTransport:
             max_partition_fetch_bytes=config.max_partition_fetch_bytes,
             fetch_max_bytes=config.fetch_max_bytes,
             fetch_max_wait_ms=config.fetch_max_wait_ms,
+            isolation_level=config.isolation_level,
         )
         try:
             await connect_with_retry(consumer.start, self._connection, f"consumer group {self.group_id}")

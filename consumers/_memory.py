@@ -74,12 +74,15 @@ class InMemoryConsumerTransport:
             if tp in self._paused or budget <= 0:
                 continue
             log = self.broker.topics[tp.topic][tp.partition]
-            stored = log[position : position + budget]
+            stored = self.broker.visible(log, position, budget)  # read_committed: up to the stable end
             if stored:
-                batch[tp] = [
+                records: list[ConsumedRecord] = [
                     PlainRecord(tp.topic, tp.partition, r.offset, r.timestamp_ms, r.key, r.value, r.headers)
                     for r in stored
+                    if self.broker.readable(r)
                 ]
+                if records:
+                    batch[tp] = records
                 self._positions[tp] = position + len(stored)
                 budget -= len(stored)
         return batch
@@ -105,8 +108,8 @@ class InMemoryConsumerTransport:
         self._paused -= partitions
 
     def highwater(self, partition: TopicPartition) -> int | None:
-        """The partition's end offset."""
-        return len(self.broker.topics[partition.topic][partition.partition])
+        """The partition's last stable offset (what a read_committed consumer sees as its end)."""
+        return self.broker.stable_end(self.broker.topics[partition.topic][partition.partition])
 
     async def ensure_topics(self, names: list[str], *, partitions: int, replication: int) -> None:
         """Create missing topics on the fake broker."""

@@ -119,10 +119,18 @@ class PublisherConfig(_Config):
     """How long ``publish`` waits for the broker's acknowledgement."""
     max_buffered_records: int = Field(default=20_000, gt=0)
     """Bound on records sent with ``send()`` and not yet acknowledged."""
+    transactional_id: str | None = Field(default=None, min_length=1)
+    """Makes the publisher transactional: it then sends only inside ``async with publisher.transaction()``.
+
+    One id per producing process (a restarted process with the same id fences its predecessor's
+    open transaction). Needs idempotence, so Apache Kafka: the embedded broker refuses both."""
 
     @model_validator(mode="after")
     def _check_idempotence(self) -> PublisherConfig:
         if self.enable_idempotence and self.acks != "all":
             msg = "enable_idempotence needs acks='all'"
+            raise ValueError(msg)
+        if self.transactional_id is not None and not self.enable_idempotence:
+            msg = "transactional_id needs enable_idempotence=True (transactions are built on the idempotent producer)"
             raise ValueError(msg)
         return self

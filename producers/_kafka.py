@@ -107,6 +107,7 @@ class KafkaProducerTransport:
             linger_ms=0,  # fire-and-forget batches linger here (append); a second linger in aiokafka only adds latency
             max_batch_size=config.max_batch_bytes,
             max_request_size=config.max_message_bytes + 4096,
+            transactional_id=config.transactional_id,
         )
 
     async def start(self) -> None:
@@ -123,8 +124,9 @@ class KafkaProducerTransport:
             if self._config.enable_idempotence:
                 msg = (
                     "the broker refused InitProducerId, so an idempotent producer cannot start; "
-                    "the embedded broker does not support idempotence: set "
-                    "EVENTBUS_PRODUCER_IDEMPOTENCE=false (or EVENTBUS_PROFILE=embedded)"
+                    "the embedded broker does not support idempotence: build the config with "
+                    "PublisherConfig(enable_idempotence=False), or, for a config from the EVENTBUS_* settings, "
+                    "set EVENTBUS_PRODUCER_IDEMPOTENCE=false (or EVENTBUS_PROFILE=embedded)"
                 )
                 raise IdempotenceUnsupportedError(msg) from exc
             raise convert_kafka_error(exc, "starting the producer", publishing=True) from exc
@@ -241,6 +243,28 @@ class KafkaProducerTransport:
             await asyncio.wait_for(self._running().flush(), timeout=self._config.delivery_timeout_s)
         except (TimeoutError, KafkaError) as exc:
             raise convert_kafka_error(exc, "flushing", publishing=True) from exc
+
+    async def begin_transaction(self) -> None:
+        """Open a transaction (the producer was created with the config's ``transactional_id``)."""
+        await self._transaction_call("beginning a transaction", self._running().begin_transaction)
+
+    async def commit_transaction(self) -> None:
+        """Ship the open batches, then commit: the records become readable for read_committed consumers."""
+        await self._ship_all()
+        await self._transaction_call("committing a transaction", self._running().commit_transaction)
+
+    async def abort_transaction(self) -> None:
+        """Drop the batches not shipped yet (their records fail) and abort what was shipped."""
+        for tp in list(self._open):
+            batch = self._open.pop(tp)
+            batch.settle(PublishFailedError("the transaction was aborted", retriable=False))
+        await self._transaction_call("aborting a transaction", self._running().abort_transaction)
+
+    async def _transaction_call(self, action: str, call: Any) -> None:
+        try:
+            await asyncio.wait_for(call(), timeout=self._config.delivery_timeout_s)
+        except (TimeoutError, KafkaError) as exc:
+            raise convert_kafka_error(exc, action, publishing=True) from exc
 
 
 def _settle(sent: asyncio.Future[Any], result: asyncio.Future[Delivery], topic: str) -> None:

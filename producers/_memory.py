@@ -1,7 +1,9 @@
 """An in-memory broker for fast unit tests: the fake beside the Kafka transport.
 
 It keeps Kafka's rules that matter to callers: topics must exist, keys are
-partitioned with murmur2 as the Java client does, offsets grow per partition.
+partitioned with murmur2 as the Java client does, offsets grow per partition,
+and records of a transaction take their offsets when sent but are read
+(``visible``) only once it commits; an aborted transaction's are never read.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class StoredRecord:
     value: bytes
     headers: list[tuple[str, bytes]]
     timestamp_ms: int
+    transaction: int | None = None
+    """The transaction that wrote the record, if any."""
 
 
 @dataclass
@@ -40,17 +44,49 @@ class InMemoryBroker:
     available: bool = True
     group_offsets: dict[str, dict[tuple[str, int], int]] = field(default_factory=dict)
     """Committed offsets by consumer group, then (topic, partition)."""
+    open_transactions: set[int] = field(default_factory=set)
+    aborted_transactions: set[int] = field(default_factory=set)
     _round_robin: int = 0
+    _transactions: int = 0
 
     def create_topic(self, name: str, partitions: int = 1) -> None:
         """Create a topic (no-op if it exists)."""
         self.topics.setdefault(name, [[] for _ in range(partitions)])
 
     def records(self, topic: str) -> list[StoredRecord]:
-        """Every record of a topic, partition by partition."""
-        return [record for partition in self.topics.get(topic, []) for record in partition]
+        """Every record of a topic that a read_committed consumer reads, partition by partition."""
+        logs = self.topics.get(topic, [])
+        return [record for log in logs for record in self.visible(log, 0, len(log)) if self.readable(record)]
 
-    def append(self, record: OutgoingRecord) -> Delivery:
+    def stable_end(self, log: list[StoredRecord]) -> int:
+        """The partition's last stable offset: its first record of a still open transaction, else its end."""
+        if self.open_transactions:
+            for record in log:
+                if record.transaction in self.open_transactions:
+                    return record.offset
+        return len(log)
+
+    def visible(self, log: list[StoredRecord], start: int, count: int) -> list[StoredRecord]:
+        """Up to ``count`` stored records from offset ``start`` below the stable end (aborted ones included)."""
+        return log[start : min(start + count, self.stable_end(log))]
+
+    def readable(self, record: StoredRecord) -> bool:
+        """False for a record of an aborted transaction (read_committed consumers skip it)."""
+        return record.transaction is None or record.transaction not in self.aborted_transactions
+
+    def begin_transaction(self) -> int:
+        """A new open transaction's id."""
+        self._transactions += 1
+        self.open_transactions.add(self._transactions)
+        return self._transactions
+
+    def end_transaction(self, transaction: int, *, commit: bool) -> None:
+        """Commit or abort an open transaction."""
+        self.open_transactions.discard(transaction)
+        if not commit:
+            self.aborted_transactions.add(transaction)
+
+    def append(self, record: OutgoingRecord, transaction: int | None = None) -> Delivery:
         """Store a record where Kafka would."""
         if not self.available:
             raise BrokerUnavailableError("in-memory broker is unavailable")
@@ -63,7 +99,8 @@ class InMemoryBroker:
         else:
             index = murmur2_partition(record.key, len(partitions))
         log = partitions[index]
-        stored = StoredRecord(len(log), record.key, record.value, list(record.headers), int(time.time() * 1000))
+        now_ms = int(time.time() * 1000)
+        stored = StoredRecord(len(log), record.key, record.value, list(record.headers), now_ms, transaction)
         log.append(stored)
         return Delivery(record.topic, index, stored.offset)
 
@@ -78,6 +115,7 @@ class InMemoryProducerTransport:
     def __init__(self, broker: InMemoryBroker) -> None:
         self.broker = broker
         self.started = False
+        self.transaction: int | None = None
 
     async def start(self) -> None:
         """Fail like Kafka when the broker is unavailable."""
@@ -99,7 +137,7 @@ class InMemoryProducerTransport:
             raise PublishFailedError("the producer is not started", retriable=False)
         future: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
         try:
-            future.set_result(self.broker.append(record))
+            future.set_result(self.broker.append(record, self.transaction))
         except (UnknownTopicError, BrokerUnavailableError) as exc:
             future.set_exception(exc)
         return future
@@ -110,7 +148,7 @@ class InMemoryProducerTransport:
             raise PublishFailedError("the producer is not started", retriable=False)
         loop = asyncio.get_running_loop()
         try:
-            self.broker.append(record)
+            self.broker.append(record, self.transaction)
         except (UnknownTopicError, BrokerUnavailableError) as exc:
             loop.call_soon(done, token, exc)
         else:
@@ -118,3 +156,23 @@ class InMemoryProducerTransport:
 
     async def flush(self) -> None:
         """Nothing is buffered."""
+
+    async def begin_transaction(self) -> None:
+        """Open a transaction on the fake broker."""
+        if self.transaction is not None:
+            raise PublishFailedError("a transaction is already open", retriable=False)
+        self.transaction = self.broker.begin_transaction()
+
+    async def commit_transaction(self) -> None:
+        """Make the transaction's records readable."""
+        await self._end(commit=True)
+
+    async def abort_transaction(self) -> None:
+        """Hide the transaction's records for good."""
+        await self._end(commit=False)
+
+    async def _end(self, *, commit: bool) -> None:
+        transaction, self.transaction = self.transaction, None
+        if transaction is None:
+            raise PublishFailedError("no transaction is open", retriable=False)
+        self.broker.end_transaction(transaction, commit=commit)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -11,6 +13,7 @@ from uuid import UUID
 
 from schemas import CATALOG, AvroCodec, Catalog, Event, EventSpec
 from schemas.errors import (
+    ConfigurationError,
     EventBusError,
     MessageTooLargeError,
     PublishFailedError,
@@ -86,6 +89,9 @@ class EventPublisher:
         self._failures: list[tuple[object, EventBusError]] = []
         self._failure_count = 0
         self._started = False
+        self._transactional = self.config.transactional_id is not None
+        self._in_transaction = False
+        self._sendable = False  # started, and in a transaction when transactional
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -105,12 +111,13 @@ class EventPublisher:
             await self._transport.stop()
             raise
         self._started = True
+        self._sendable = not self._transactional
 
     async def close(self, *, flush: bool = True) -> None:
         """Flush (unless told not to) and disconnect. Raises what ``flush`` raises."""
         if not self._started:
             return
-        self._started = False
+        self._started = self._sendable = False
         try:
             if flush:
                 await self.flush()
@@ -118,8 +125,49 @@ class EventPublisher:
             await self._transport.stop()
 
     def _require_started(self) -> None:
+        if self._sendable:
+            return
         if not self._started:
             raise PublishFailedError("the publisher is not started (use `async with`)", retriable=False)
+        msg = "a transactional publisher sends only inside `async with publisher.transaction():`"
+        raise PublishFailedError(msg, retriable=False)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        """Publish atomically: what is sent or published in the block is read (read_committed) only if it commits.
+
+        The block commits when it ends without error, after every record of it was acknowledged;
+        on an error it aborts and the error propagates. Needs ``PublisherConfig(transactional_id=...)``;
+        one transaction at a time per publisher, so use one publisher per task that publishes transactionally.
+
+        Example: ``async with publisher.transaction(): await publisher.send(event)``
+        """
+        if not self._transactional:
+            msg = "transactions need a transactional publisher: PublisherConfig(transactional_id=...)"
+            raise ConfigurationError(msg)
+        if not self._started:
+            raise PublishFailedError("the publisher is not started (use `async with`)", retriable=False)
+        if self._in_transaction:
+            raise PublishFailedError("a transaction is already open on this publisher", retriable=False)
+        self._in_transaction = True
+        try:
+            await self._transport.begin_transaction()
+            self._sendable = True
+            try:
+                yield
+                await self.flush()
+            except BaseException as exc:
+                self._sendable = False
+                try:
+                    await self._transport.abort_transaction()
+                except EventBusError as abort_error:  # the broker times the transaction out in the end
+                    exc.add_note(f"aborting the transaction failed too: {abort_error.message}")
+                raise
+            self._sendable = False
+            await self._transport.commit_transaction()
+        finally:
+            self._sendable = False
+            self._in_transaction = False
 
     async def refresh_topics(self) -> None:
         """Learn the broker's topics again (after creating some); publishing checks against them."""
@@ -224,7 +272,7 @@ class EventPublisher:
         """
         if self._in_flight >= self._max_in_flight:
             await self._wait_for_room()
-        if not self._started:
+        if not self._sendable:
             self._require_started()
         record = self.prepare(event)
         if record.topic not in self._known_topics:

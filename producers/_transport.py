@@ -57,3 +57,12 @@ class ProducerTransport(Protocol):
 
     async def flush(self) -> None:
         """Send everything buffered now."""
+
+    async def begin_transaction(self) -> None:
+        """Open a transaction: what is sent until it ends is committed or aborted as a whole."""
+
+    async def commit_transaction(self) -> None:
+        """Commit the open transaction (everything sent in it must be acknowledged first)."""
+
+    async def abort_transaction(self) -> None:
+        """Abort the open transaction: read_committed consumers never see its records."""

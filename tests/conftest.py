@@ -1,9 +1,11 @@
 """Shared fixtures: the brokers the suites run against.
 
 Integration tests take ``kafka_target``, parametrized over the embedded Tansu
-broker (always) and Apache Kafka in Docker (testcontainers; skipped with a
-reason where no Docker engine runs). Each test gets its own topic prefix, so
-tests never see each other's records.
+broker and Apache Kafka in a container (testcontainers on podman's Docker API,
+or a Docker engine). Where no engine answers, the Apache Kafka variant skips
+with a hint locally and fails in CI (``CI=true``); a skipped Apache Kafka
+variant also fails the CI run as a whole. Each test gets its own topic prefix,
+so tests never see each other's records.
 
 Unit tests of the consumer groups take ``broker`` (the in-memory fake with every
 entity topic), ``publisher`` (started on it) and ``database_url`` (parametrized
@@ -12,8 +14,7 @@ over SQLite in ``tmp_path`` and the shared PostgreSQL database).
 
 from __future__ import annotations
 
-import shutil
-import subprocess
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from infra._embedded import EmbeddedBroker
 from infra._settings import Profile, Settings
 from infra._topics import apply_topics
 from producers import EventPublisher, InMemoryBroker
+from tests.containers import ENGINE_HINT, engine_answers, start_kafka
 from tests.harness import POSTGRES_URL, new_broker
 
 
@@ -38,15 +40,8 @@ class KafkaTarget:
     profile: Profile
 
 
-def docker_available() -> bool:
-    """Whether a Docker engine answers (not just a docker client on PATH)."""
-    if shutil.which("docker") is None:
-        return False
-    try:
-        done = subprocess.run(["docker", "info"], capture_output=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+"""CI must run every Apache Kafka variant: there, a missing engine fails instead of skipping."""
 
 
 @pytest.fixture(scope="session")
@@ -62,13 +57,13 @@ def embedded_broker() -> Iterator[EmbeddedBroker]:
 
 @pytest.fixture(scope="session")
 def kafka_container() -> Iterator[str]:
-    """Apache Kafka (KRaft) in Docker via testcontainers; its bootstrap servers."""
-    if not docker_available():
-        pytest.skip("no Docker engine here: the Apache Kafka (testcontainers) variant runs where Docker exists")
-    from testcontainers.kafka import KafkaContainer  # noqa: PLC0415 - only where Docker runs
-
-    with KafkaContainer("confluentinc/cp-kafka:7.6.1").with_kraft() as container:
-        yield container.get_bootstrap_server()
+    """Apache Kafka (KRaft, the pinned version) in a container via testcontainers; its bootstrap servers."""
+    if not engine_answers():
+        if IN_CI:
+            pytest.fail(f"CI runs every Apache Kafka variant, but {ENGINE_HINT}")
+        pytest.skip(ENGINE_HINT)
+    with start_kafka() as bootstrap:
+        yield bootstrap
 
 
 @pytest.fixture(params=["embedded", pytest.param("kafka", marks=pytest.mark.kafka)])
@@ -119,3 +114,23 @@ async def publisher(broker: InMemoryBroker) -> AsyncIterator[EventPublisher]:
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Each test runs on a new SQLite file in ``tmp_path`` and on the shared PostgreSQL database."""
     return f"sqlite:///{tmp_path}/t.sqlite" if request.param == "sqlite" else POSTGRES_URL
+
+
+# -- in CI, a skipped Apache Kafka variant fails the run ----------------------------------------------
+
+_SKIPPED_KAFKA: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Remember every skipped test that needed Apache Kafka."""
+    if report.skipped and ("[kafka" in report.nodeid or "kafka" in report.keywords):
+        _SKIPPED_KAFKA.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """In CI, turn a green run with skipped Apache Kafka variants red, naming them."""
+    if IN_CI and _SKIPPED_KAFKA and exitstatus == 0:
+        shown = ", ".join(_SKIPPED_KAFKA[:5])
+        more = f" and {len(_SKIPPED_KAFKA) - 5} more" if len(_SKIPPED_KAFKA) > 5 else ""
+        print(f"\nCI: {len(_SKIPPED_KAFKA)} Apache Kafka variant(s) skipped: {shown}{more}")  # noqa: T201
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -4,7 +4,8 @@
 #   PostgreSQL on 127.0.0.1:5432 (trust auth for loopback, role `root`, database `test`)
 #   Redis on 127.0.0.1:6379 (no persistence)
 #   podman serving the Docker API on unix:///run/podman/podman.sock (for testcontainers), with runc
-#   the Apache Kafka jars (Maven) and the local container image built from them (infra/dev/kafka-image.sh)
+#   Java 17 and Maven, the Apache Kafka jars (Maven Central) and the local container image built from them
+#   (python -m infra._kafka_image, with the project's virtualenv: .venv, or $EVENTBUS_PYTHON)
 #
 # Usage: infra/dev/services.sh [--no-kafka]     (run as root; CI and the README's test command call it)
 set -euo pipefail
@@ -97,6 +98,13 @@ if ! podman_up; then
 fi
 podman_up || { echo "services: the podman API does not answer on $sock (see /var/log/eventbus/podman.log)" >&2; exit 1; }
 
-# -- Apache Kafka: jars and image ---------------------------------------------------------------------
-[ -f infra/dev/kafka-image.sh ] && bash infra/dev/kafka-image.sh
-log "ready (PostgreSQL, Redis, podman, Apache Kafka image)"
+# -- Apache Kafka: Java, Maven, the jars and the image ------------------------------------------------------
+command -v java >/dev/null || apt_install openjdk-17-jre-headless
+command -v mvn >/dev/null || apt_install maven
+python=${EVENTBUS_PYTHON:-.venv/bin/python}
+if [ ! -x "$python" ]; then
+  log "the Apache Kafka image is built with the project installed: python3 -m venv .venv && .venv/bin/pip install -e '.[dev]', then run this again"
+  exit 0
+fi
+image=$("$python" -m infra._kafka_image)
+log "ready (PostgreSQL, Redis, podman, Apache Kafka image $image)"

@@ -175,18 +175,23 @@ async def test_unreachable_broker_raises_broker_unavailable_within_the_connect_t
     assert connection.bootstrap_servers in str(info.value)
 
 
-async def test_idempotent_kafka_profile_on_the_embedded_broker_tells_to_turn_idempotence_off(
+async def test_idempotent_producer_works_on_apache_kafka_and_is_refused_clearly_by_the_embedded_broker(
     kafka_target: Any, settings: Settings
 ) -> None:
-    if kafka_target.name != "embedded":
-        pytest.skip("Apache Kafka supports idempotent producers; only the embedded broker refuses them")
     kafka_profile = settings.model_copy(update={"profile": "kafka"})
     config = kafka_profile.publisher_config("test-service")
     assert config.enable_idempotence
-    with pytest.raises(IdempotenceUnsupportedError) as info:
-        async with EventPublisher(connection=kafka_profile.connection(), config=config):
-            pass
-    assert "EVENTBUS_PRODUCER_IDEMPOTENCE=false" in str(info.value)
+    if kafka_target.name == "embedded":
+        with pytest.raises(IdempotenceUnsupportedError) as info:
+            async with EventPublisher(connection=kafka_profile.connection(), config=config):
+                pass
+        assert "EVENTBUS_PRODUCER_IDEMPOTENCE=false" in str(info.value)
+        return
+    event = example_event("session:created")
+    async with EventPublisher(connection=kafka_profile.connection(), config=config) as publisher:
+        position = await publisher.publish(event)
+    assert position.topic == kafka_profile.connection().topic("session")
+    assert position.offset >= 0
 
 
 @pytest.mark.parametrize("compression", ["gzip", "lz4", "zstd", "snappy"])

@@ -22,13 +22,13 @@ def test_first_screen_has_exactly_two_setup_commands_demo_then_tests() -> None:
 
 def test_ci_runs_the_readme_test_command() -> None:
     command = subprocess.run(
-        ["bash", "-c", 'grep -m1 -E "^bash infra/dev/services\\.sh && python3 -m venv \\.venv .*pytest" README.md'],
+        ["bash", "-c", 'grep -m1 -E "^python3 -m venv \\.venv .*services\\.sh.*pytest" README.md'],
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=True,
     ).stdout.strip()
-    assert command.endswith(".venv/bin/pytest --cov")
+    assert command.endswith("bash infra/dev/services.sh && .venv/bin/pytest --cov")
     assert "grep -m1 -E" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
 
 
