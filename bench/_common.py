@@ -21,20 +21,31 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
 
 from infra._embedded import EmbeddedBroker
+from infra._kafka_cluster import KafkaCluster
 from infra._settings import Settings
 from schemas import AvroCodec, SessionCreated
 
-from ._output import ENV_BOOTSTRAP, RESULTS_DIR, console, machine_info, print_table, write_results
+from ._output import (
+    ENV_BOOTSTRAP,
+    ENV_BROKER,
+    bench_broker,
+    console,
+    machine_info,
+    print_table,
+    results_dir,
+    write_results,
+)
 
 __all__ = [
     "DEFAULT_EVENTS",
     "DEFAULT_ROUNDS",
+    "ENV_BROKER",
     "PARTITIONS",
-    "RESULTS_DIR",
     "KeyCheck",
     "Record",
     "Sample",
     "base_parser",
+    "bench_broker",
     "broker",
     "build_events",
     "check_keys",
@@ -54,6 +65,7 @@ __all__ = [
     "produce_backlog",
     "raw_consumer_options",
     "raw_producer_options",
+    "results_dir",
     "run_interleaved",
     "settings_for",
     "summarize",
@@ -72,10 +84,21 @@ _SESSION_TYPES = ("video", "chat", "Mentoría Individual", "group")
 
 @contextlib.contextmanager
 def broker() -> Iterator[str]:
-    """Bootstrap servers: ``$EVENTBUS_BOOTSTRAP_SERVERS`` if set, else an embedded broker started here."""
+    """Bootstrap servers: ``$EVENTBUS_BOOTSTRAP_SERVERS`` if set, else an embedded broker started here.
+
+    The embedded one is Tansu, or a one-node Apache Kafka when ``EVENTBUS_BENCH_BROKER=kafka``.
+    """
     external = os.environ.get(ENV_BOOTSTRAP)
     if external:
         yield external
+        return
+    if bench_broker() == "kafka":
+        cluster = KafkaCluster(nodes=1, heap_mb=1024)
+        cluster.start()
+        try:
+            yield cluster.bootstrap_servers
+        finally:
+            cluster.stop()
         return
     embedded = EmbeddedBroker()
     embedded.start()
@@ -91,7 +114,16 @@ def unique_name(tag: str) -> str:
 
 
 def settings_for(bootstrap: str, prefix: str = "") -> Settings:
-    """The SDK settings every variant shares (embedded profile: no idempotence, short group timeouts)."""
+    """The SDK settings every variant shares: the embedded profile on Tansu (no idempotence, short group
+    timeouts), the kafka profile on Apache Kafka (idempotent producer; replication 1 on the one node)."""
+    if bench_broker() == "kafka":
+        return Settings(
+            bootstrap_servers=bootstrap,
+            profile="kafka",
+            topic_prefix=prefix,
+            client_id="eventbus-bench",
+            replication_factor=1,
+        )
     return Settings(bootstrap_servers=bootstrap, profile="embedded", topic_prefix=prefix, client_id="eventbus-bench")
 
 

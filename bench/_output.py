@@ -16,11 +16,39 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["ENV_BOOTSTRAP", "RESULTS_DIR", "code_version", "console", "machine_info", "print_table", "write_results"]
+__all__ = [
+    "ENV_BOOTSTRAP",
+    "ENV_BROKER",
+    "bench_broker",
+    "code_version",
+    "console",
+    "machine_info",
+    "print_table",
+    "results_dir",
+    "write_results",
+]
 
 ENV_BOOTSTRAP = "EVENTBUS_BOOTSTRAP_SERVERS"
-RESULTS_DIR = Path(os.environ.get("EVENTBUS_BENCH_RESULTS") or Path(__file__).parent / "results")
-"""Where results go; set ``EVENTBUS_BENCH_RESULTS`` for trial runs that must not replace the latest results."""
+ENV_BROKER = "EVENTBUS_BENCH_BROKER"
+"""``tansu`` (default) or ``kafka``: the embedded engine a benchmark starts when no bootstrap servers are given."""
+
+
+def bench_broker() -> str:
+    """The embedded engine of this run: ``tansu`` or ``kafka`` (``python -m bench.all --broker kafka``)."""
+    return os.environ.get(ENV_BROKER, "tansu")
+
+
+def results_dir() -> Path:
+    """Where results go: ``bench/results`` (``bench/results/kafka`` on Apache Kafka).
+
+    Set ``EVENTBUS_BENCH_RESULTS`` for trial runs that must not replace the latest results.
+    """
+    override = os.environ.get("EVENTBUS_BENCH_RESULTS")
+    if override:
+        return Path(override)
+    base = Path(__file__).parent / "results"
+    return base / "kafka" if bench_broker() == "kafka" else base
+
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 
@@ -59,7 +87,8 @@ def machine_info() -> dict[str, Any]:
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "broker": os.environ.get(ENV_BOOTSTRAP) or "embedded Tansu (started by the benchmark)",
+        "broker": os.environ.get(ENV_BOOTSTRAP)
+        or ("embedded Apache Kafka" if bench_broker() == "kafka" else "embedded Tansu") + " (started by the benchmark)",
         "packages": {name: _version(name) for name in packages},
         "code_at_start": _CODE_AT_START,
         "code_at_end": (end := code_version()),
@@ -69,8 +98,9 @@ def machine_info() -> dict[str, Any]:
 
 def write_results(name: str, data: dict[str, Any]) -> Path:
     """Write ``bench/results/<name>.json`` with the machine info added; returns its path."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+    folder = results_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
     path.write_text(json.dumps({"benchmark": name, "machine": machine_info(), **data}, indent=2, default=str) + "\n")
     console.print(f"results written to {path}")
     return path

@@ -1,11 +1,13 @@
 """Run every benchmark and check the targets: ``python -m bench.all`` writes ``bench/results/summary.json``.
 
-``python -m bench.all [--events N] [--rounds R] [--memory-events 100000,1000000] [--latency-seconds S]
-[--only publish,consume,latency,memory] [--profile]``
+``python -m bench.all [--broker tansu|kafka] [--events N] [--rounds R] [--memory-events 100000,1000000]
+[--latency-seconds S] [--only publish,consume,latency,memory] [--profile]``
 
-Each benchmark starts its own embedded broker (unless ``EVENTBUS_BOOTSTRAP_SERVERS`` is set) and
-writes its own ``bench/results/<name>.json``; the summary gathers the figures the targets name (for
-steps not run this time, from their latest results file; ``--summarize-only`` runs nothing).
+Each benchmark starts its own embedded broker (unless ``EVENTBUS_BOOTSTRAP_SERVERS`` is set): Tansu, or
+Apache Kafka with ``--broker kafka`` (one node, idempotent producers: the ``kafka`` profile), and writes its
+own ``bench/results/<name>.json`` (``bench/results/kafka/<name>.json`` on Apache Kafka); the summary gathers
+the figures the targets name (for steps not run this time, from their latest results file; ``--summarize-only``
+runs nothing).
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
 from typing import Any
 
 from . import consume, latency, memory, profile, publish
-from ._common import DEFAULT_EVENTS, DEFAULT_ROUNDS, RESULTS_DIR, console, print_table, write_results
+from ._common import DEFAULT_EVENTS, DEFAULT_ROUNDS, ENV_BROKER, console, print_table, results_dir, write_results
 
 STEPS = ("publish", "consume", "latency", "memory")
 
@@ -72,7 +75,7 @@ def targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _load(step: str) -> dict[str, Any] | None:
-    path = RESULTS_DIR / f"{step}.json"
+    path = results_dir() / f"{step}.json"
     if not path.exists():
         return None
     data: dict[str, Any] = json.loads(path.read_text())
@@ -123,6 +126,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description="run every benchmark and write bench/results/summary.json")
+    parser.add_argument(
+        "--broker",
+        choices=("tansu", "kafka"),
+        default="tansu",
+        help="embedded engine to start: Tansu, or Apache Kafka (one node; results in bench/results/kafka)",
+    )
     parser.add_argument("--events", type=int, default=DEFAULT_EVENTS, help="events per throughput measurement")
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="interleaved rounds (>= 3)")
     parser.add_argument("--memory-events", default="100000,1000000", help="backlog sizes of the memory benchmark")
@@ -134,7 +143,9 @@ def main() -> None:
     parser.add_argument(
         "--summarize-only", action="store_true", help="run nothing: rebuild summary.json from bench/results/*.json"
     )
-    asyncio.run(run(parser.parse_args()))
+    args = parser.parse_args()
+    os.environ[ENV_BROKER] = args.broker
+    asyncio.run(run(args))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from producers import EventPublisher
 from schemas import SessionCreated
 
 from ._common import (
-    RESULTS_DIR,
     base_parser,
     broker,
     build_events,
@@ -35,6 +34,7 @@ from ._common import (
     encoded_records,
     print_table,
     produce_backlog,
+    results_dir,
     settings_for,
     unique_name,
     write_results,
@@ -75,10 +75,11 @@ def save_and_print(name: str, profiler: Profiler, events: int, *, html: bool = F
     root = session.root_frame() if session is not None else None
     if root is None:
         raise RuntimeError(f"profile {name}: no samples")
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"profile_{name}.txt").write_text(profiler.output_text(unicode=True, color=False))
+    folder = results_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"profile_{name}.txt").write_text(profiler.output_text(unicode=True, color=False))
     if html:
-        (RESULTS_DIR / f"profile_{name}.html").write_text(profiler.output_html())
+        (folder / f"profile_{name}.html").write_text(profiler.output_html())
     total = root.time
     self_time, inclusive = flat_costs(root)
     top_self = sorted(self_time.items(), key=lambda kv: -kv[1])[:TOP]
@@ -172,7 +173,7 @@ async def run(events: int, interval: float, *, html: bool = False) -> dict[str, 
             "consume": await profile_consume(bootstrap, workload, interval, html=html),
         }
     console.print(
-        f"call trees: {RESULTS_DIR}/profile_publish.txt, profile_consume.txt" + (" (and .html)" if html else "")
+        f"call trees: {results_dir()}/profile_publish.txt, profile_consume.txt" + (" (and .html)" if html else "")
     )
     write_results("profile", payload)
     return payload

@@ -5,12 +5,29 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
+from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from schemas.errors import StorageError
 
 __all__ = ["Cache", "MemoryCache", "RedisCache", "open_cache"]
+
+_REFUSED = (redis_errors.AuthenticationError, redis_errors.AuthorizationError, redis_errors.NoPermissionError)
+_TRANSIENT = (
+    redis_errors.ConnectionError,  # refused, reset, unreachable; BusyLoadingError (a restart) is one too
+    redis_errors.TimeoutError,
+    redis_errors.ReadOnlyError,  # a replica during a failover
+    redis_errors.TryAgainError,
+    redis_errors.ClusterDownError,
+    redis_errors.MasterDownError,
+)
+
+
+def _redis_error(command: str, exc: RedisError) -> StorageError:
+    """A ``StorageError`` for a failed command: retriable when Redis may answer later (down, busy, failing over)."""
+    transient = isinstance(exc, _TRANSIENT) and not isinstance(exc, _REFUSED)
+    return StorageError(f"redis {command} failed: {exc!r}", retriable=transient)
 
 
 class Cache(Protocol):
@@ -75,7 +92,7 @@ class RedisCache:
         try:
             value = await self._redis.get(key)
         except RedisError as exc:
-            raise StorageError(f"redis GET failed: {exc!r}") from exc
+            raise _redis_error("GET", exc) from exc
         return value.encode() if isinstance(value, str) else value
 
     async def set(self, key: str, value: bytes, *, ttl_s: float | None = None) -> None:
@@ -83,7 +100,7 @@ class RedisCache:
         try:
             await self._redis.set(key, value, px=None if ttl_s is None else int(ttl_s * 1000))
         except RedisError as exc:
-            raise StorageError(f"redis SET failed: {exc!r}") from exc
+            raise _redis_error("SET", exc) from exc
 
     async def delete(self, *keys: str) -> int:
         """DEL the keys."""
@@ -92,7 +109,7 @@ class RedisCache:
         try:
             return int(await self._redis.delete(*keys))
         except RedisError as exc:
-            raise StorageError(f"redis DEL failed: {exc!r}") from exc
+            raise _redis_error("DEL", exc) from exc
 
     async def close(self) -> None:
         """Close the connection pool."""

@@ -1,6 +1,6 @@
 """Running one consumer group: fetch, dispatch in order, retry, dead-letter, commit watermarks.
 
-The delivery invariants (shared/DELIVERY-INVARIANTS.md) this module keeps:
+The delivery invariants (docs/delivery-invariants.md) this module keeps:
 a partition's committed offset is 1 + the last offset whose record is done
 (handled, or its dead letter acknowledged); records of one partition run one
 at a time, in order; fetched-not-done records are bounded per partition and in
@@ -38,6 +38,8 @@ log = logging.getLogger("eventbus.consumer")
 
 _RUN = 64
 """Records a partition handles per turn with a handler slot."""
+_FAILURES_LOGGED_EVERY = 5
+"""Of repeated fetch or commit failures (about one a second), one in this many is logged."""
 
 
 class _Partition:
@@ -63,7 +65,7 @@ class GroupRunner:
 
     Example::
 
-        runner = GroupRunner(group, transport=transport, publisher=publisher, topic_prefix="")
+        runner = GroupRunner(group, transport=transport, publisher=publisher, config=RuntimeConfig(concurrency=8))
         await runner.run(stop_event)
     """
 
@@ -98,6 +100,7 @@ class GroupRunner:
         self._consumed = self._metrics.consumed.labels(group.name)
         self._by_type: dict[str, tuple[Any, Any, Any]] = {}
         self._background_error: BaseException | None = None
+        self._commit_failures = 0
         connection = publisher.connection
         tiers = self.config.retry_tiers_s
         self._retry_topics = [connection.topic(retry_topic_name(group.name, n)) for n in range(1, len(tiers) + 1)]
@@ -129,7 +132,9 @@ class GroupRunner:
         await self._transport.start(topics + self._retry_topics, self._on_assigned, self._on_revoked)
         log.info("group started", extra={"group": self.group.name, "topics": topics})
         background: list[asyncio.Task[None]] = [
-            asyncio.create_task(work(self._publisher, self._stop), name=f"{self.group.name}:background")
+            asyncio.create_task(
+                work(self._publisher, self._stop), name=f"{self.group.name}:{getattr(work, '__name__', 'background')}"
+            )
             for work in self.group.background_tasks
         ]
         for task in background:
@@ -147,12 +152,18 @@ class GroupRunner:
         if task.cancelled() or task.exception() is None:
             return
         self._background_error = task.exception()
-        log.error("background task failed: %r", self._background_error, extra={"group": self.group.name})
+        log.error(
+            "background task %s failed; stopping the group: %s",
+            task.get_name(),
+            self._background_error,
+            extra={"group": self.group.name, "task": task.get_name()},
+        )
         self._stop.set()
 
     async def _fetch_loop(self) -> None:
         config = self.config
         next_commit = time.monotonic() + config.commit_interval_s
+        failures = 0
         while not self._stop.is_set():
             if self._buffered >= config.max_buffered_total:
                 self._room.clear()
@@ -161,9 +172,23 @@ class GroupRunner:
                 try:
                     batch = await self._transport.fetch(config.fetch_timeout_s, config.fetch_max_records)
                 except BrokerError as exc:
-                    log.warning("fetch failed, retrying: %s", exc, extra={"group": self.group.name})
+                    if not exc.retriable:  # e.g. the broker lost the group's topics: say so and stop
+                        self._background_error = exc
+                        log.error(  # noqa: TRY400 - the message is the reason; a traceback adds nothing
+                            "fetching cannot go on; stopping the group: %s", exc, extra={"group": self.group.name}
+                        )
+                        return
+                    failures += 1
+                    if failures == 1 or failures % _FAILURES_LOGGED_EVERY == 0:  # one line every few seconds
+                        log.warning(
+                            "fetch failed (%d in a row), retrying every second: %s",
+                            failures,
+                            exc,
+                            extra={"group": self.group.name},
+                        )
                     await _wait_any(self._stop, wait_s=1.0)
                     continue
+                failures = 0
                 for tp, records in batch.items():
                     self._enqueue(tp, records)
             if time.monotonic() >= next_commit:
@@ -483,8 +508,16 @@ class GroupRunner:
             async with asyncio.timeout(self.config.commit_timeout_s):
                 await self._transport.commit(offsets)
         except (CommitFailedError, TimeoutError) as exc:
-            log.warning("commit failed; records after the last commit will be redelivered: %s", exc)
+            self._commit_failures += 1
+            if self._commit_failures == 1 or self._commit_failures % _FAILURES_LOGGED_EVERY == 0:
+                log.warning(
+                    "commit failed (%d in a row); records after the last commit will be redelivered: %s",
+                    self._commit_failures,
+                    exc,
+                    extra={"group": self.group.name},
+                )
             return
+        self._commit_failures = 0
         for part in parts:
             if part.tp in offsets:
                 part.committed = offsets[part.tp]

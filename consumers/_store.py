@@ -16,6 +16,11 @@ from ._database import Database, Migration
 
 __all__ = ["PROCESSED_EVENTS_MIGRATION", "Effects", "ProcessedEventStore"]
 
+_RECORD = text(
+    "INSERT INTO processed_events (group_name, event_id, processed_at) VALUES (:g, :e, :t)"
+    " ON CONFLICT (group_name, event_id) DO NOTHING"
+)
+
 PROCESSED_EVENTS_MIGRATION = Migration(
     1,
     "processed events",
@@ -45,13 +50,16 @@ class Effects:
     async def __aenter__(self) -> Self:
         self._tx = self._store.database.begin()
         self.connection = await self._tx.__aenter__()
-        result = await self.connection.execute(
-            text(
-                "INSERT INTO processed_events (group_name, event_id, processed_at) VALUES (:g, :e, :t)"
-                " ON CONFLICT (group_name, event_id) DO NOTHING"
-            ),
-            {"g": self._group, "e": self._event_id, "t": datetime.now(UTC).replace(tzinfo=None)},
-        )
+        try:
+            result = await self.connection.execute(
+                _RECORD, {"g": self._group, "e": self._event_id, "t": datetime.now(UTC).replace(tzinfo=None)}
+            )
+        except BaseException as exc:
+            # Not inside the ``async with`` body yet: end the transaction here, which rolls it back and
+            # turns a driver error into a StorageError (retriable for a lock conflict or lost connection).
+            self.connection = None
+            await self._tx.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
         self.first_time = result.rowcount == 1
         return self
 

@@ -11,14 +11,15 @@ from rich.table import Table
 from consumers import PROCESSED_EVENTS_MIGRATION, migrated_database
 from consumers.groups.analytics import MIGRATIONS, AnalyticsSummary, summary
 
-from ._cli_common import cli_errors, console, echo_json, parse_since
+from ._cli_common import cli_errors, console, echo_json, parse_since, reading_database_url
 from ._settings import Settings, load_settings
 
 __all__ = ["analytics"]
 
 
 async def _summary(settings: Settings, since: datetime | None) -> AnalyticsSummary:
-    async with migrated_database(settings.database_url, [PROCESSED_EVENTS_MIGRATION, *MIGRATIONS]) as database:
+    url = reading_database_url(settings.database_url)
+    async with migrated_database(url, [PROCESSED_EVENTS_MIGRATION, *MIGRATIONS]) as database:
         return await summary(database, since=since)
 
 

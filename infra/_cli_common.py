@@ -1,4 +1,4 @@
-"""Helpers every ``eventbus`` command shares: errors to exit codes, JSON and rich output, times."""
+"""Helpers every ``eventbus`` command shares: errors to exit codes, JSON and rich output, times, filters."""
 
 from __future__ import annotations
 
@@ -9,22 +9,33 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 from rich.console import Console
 
 from schemas import CATALOG, EventSpec
-from schemas.errors import EventBusError, EventValidationError, UnknownEventTypeError
+from schemas.errors import (
+    EventBusError,
+    EventValidationError,
+    MessageTooLargeError,
+    UnknownEventTypeError,
+    UnknownTopicError,
+)
 
 __all__ = [
     "EXIT_FAILURE",
     "EXIT_INVALID_INPUT",
+    "check_entities",
+    "check_pattern",
     "cli_errors",
     "console",
     "echo_json",
     "fail",
     "parse_since",
+    "reading_database_url",
+    "record_time",
     "spec_or_exit",
 ]
 
@@ -52,12 +63,19 @@ def cli_errors() -> Iterator[None]:
     try:
         yield
     except EventValidationError as exc:
-        details = "".join(f"\n  {path}: {problem}" for path, problem in exc.errors)
-        fail(f"{exc.message}{details}\ninvalid fields: {', '.join(exc.fields)}", code=EXIT_INVALID_INPUT)
-    except UnknownEventTypeError as exc:
+        fail(_validation_message(exc), code=EXIT_INVALID_INPUT)
+    except (UnknownEventTypeError, MessageTooLargeError) as exc:
         fail(exc.message, code=EXIT_INVALID_INPUT)
     except EventBusError as exc:
         fail(exc.message)
+
+
+def _validation_message(exc: EventValidationError) -> str:
+    """Each problem once: on the line itself when there is one, else one indented line each."""
+    if len(exc.errors) <= 1:
+        return exc.message
+    details = "".join(f"\n  {path}: {problem}" for path, problem in exc.errors)
+    return f"invalid {exc.event_type} event, {len(exc.errors)} problems:{details}"
 
 
 def echo_json(value: Any, *, indent: int | None = None) -> None:
@@ -83,8 +101,11 @@ _RELATIVE = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
-def parse_since(value: str | None) -> datetime | None:
-    """``--since``: ISO-8601 (UTC when no zone is given) or relative like ``15m``, ``2h``, ``1d``; exit 2 if neither."""
+def parse_since(value: str | None, *, option: str = "--since") -> datetime | None:
+    """A time option: ISO-8601 (UTC when no zone is given) or relative like ``15m``, ``2h``, ``1d``; exit 2 if neither.
+
+    Example: ``parse_since("2h")`` is two hours ago; ``parse_since(value, option="--until")`` names that option.
+    """
     if value is None:
         return None
     match = _RELATIVE.match(value.strip())
@@ -92,9 +113,46 @@ def parse_since(value: str | None) -> datetime | None:
         try:
             return datetime.now(UTC) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
         except OverflowError:
-            fail(f"--since {value!r} reaches before year 1", code=EXIT_INVALID_INPUT)
+            fail(f"{option} {value!r} reaches before year 1", code=EXIT_INVALID_INPUT)
     try:
         parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
-        fail(f"--since {value!r} is neither an ISO-8601 time nor a duration like 15m, 2h, 1d", code=EXIT_INVALID_INPUT)
+        fail(f"{option} {value!r} is neither an ISO-8601 time nor a duration like 15m, 2h, 1d", code=EXIT_INVALID_INPUT)
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def check_entities(topics: tuple[str, ...]) -> list[str] | None:
+    """Entity names as given (None: all catalog topics); exit 2 listing the known ones for an unknown name."""
+    try:
+        return [CATALOG.check_topic(topic) for topic in topics] or None
+    except UnknownTopicError as exc:
+        fail(exc.message, code=EXIT_INVALID_INPUT)
+
+
+def check_pattern(pattern: str | None) -> str | None:
+    """A ``--type`` glob; exit 2 when it matches no catalog type (a typo would otherwise show nothing)."""
+    if pattern is not None and not CATALOG.matching(pattern):
+        known = ", ".join(CATALOG.event_types)
+        fail(f"--type {pattern!r} matches no event type; known types: {known}", code=EXIT_INVALID_INPUT)
+    return pattern
+
+
+def record_time(timestamp_ms: int) -> str:
+    """A record timestamp as ISO-8601 UTC with milliseconds, e.g. ``2025-06-02T14:00:00.000Z``."""
+    return datetime.fromtimestamp(timestamp_ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def reading_database_url(url: str) -> str:
+    """The database URL for a command that only reads: an empty in-memory SQLite one when the file does not exist.
+
+    Reading must not leave an ``eventbus.sqlite`` behind: a missing SQLite file
+    holds no rows, and neither does a fresh in-memory database with the same tables.
+    Example: ``reading_database_url("sqlite:///missing.sqlite") == "sqlite://"``
+    """
+    if not url.startswith("sqlite"):
+        return url
+    scheme, sep, rest = url.partition(":///")
+    path = rest.split("?", 1)[0] if sep else ""
+    if not path or path == ":memory:" or Path(path).exists():
+        return url
+    return f"{scheme}://"

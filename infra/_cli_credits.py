@@ -13,14 +13,15 @@ from consumers.groups.credits import MAX_BALANCE, MIGRATIONS, get_balance, grant
 from producers import EventPublisher
 from schemas.errors import EventBusError, EventValidationError
 
-from ._cli_common import cli_errors, echo_json, fail
+from ._cli_common import cli_errors, echo_json, fail, reading_database_url
 from ._settings import Settings, load_settings
 
 __all__ = ["credits_group"]
 
 
-def _database(settings: Settings) -> AbstractAsyncContextManager[Database]:
-    return migrated_database(settings.database_url, [PROCESSED_EVENTS_MIGRATION, *MIGRATIONS])
+def _database(settings: Settings, *, reading: bool = False) -> AbstractAsyncContextManager[Database]:
+    url = reading_database_url(settings.database_url) if reading else settings.database_url
+    return migrated_database(url, [PROCESSED_EVENTS_MIGRATION, *MIGRATIONS])
 
 
 async def _grant(settings: Settings, user_id: str, amount: int, grant_id: UUID) -> int:
@@ -33,7 +34,7 @@ async def _grant(settings: Settings, user_id: str, amount: int, grant_id: UUID) 
 
 
 async def _balance(settings: Settings, user_id: str, with_ledger: bool) -> tuple[int, list[dict[str, object]]]:
-    async with _database(settings) as database:
+    async with _database(settings, reading=True) as database:
         balance = await get_balance(database, user_id)
         entries = [entry.as_dict() for entry in await ledger(database, user_id)] if with_ledger else []
     return balance, entries

@@ -11,14 +11,16 @@ from rich.table import Table
 from consumers import PROCESSED_EVENTS_MIGRATION, Database, migrated_database
 from consumers.groups.notifications import MIGRATIONS, InboxItem, list_notifications, mark_read
 
-from ._cli_common import cli_errors, console, echo_json, fail
+from ._cli_common import cli_errors, console, echo_json, fail, reading_database_url
 from ._settings import Settings, load_settings
 
 __all__ = ["notifications_group"]
 
 
 def _database(settings: Settings) -> AbstractAsyncContextManager[Database]:
-    return migrated_database(settings.database_url, [PROCESSED_EVENTS_MIGRATION, *MIGRATIONS])
+    # Listing and marking read never create the database: a missing SQLite file has no notifications.
+    url = reading_database_url(settings.database_url)
+    return migrated_database(url, [PROCESSED_EVENTS_MIGRATION, *MIGRATIONS])
 
 
 async def _list(settings: Settings, user_id: str, unread_only: bool, limit: int) -> list[InboxItem]:

@@ -17,15 +17,13 @@ from rich.console import Group
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 
 from consumers import (
     ConsumerGroup,
     Database,
     ProcessedEventStore,
     Resources,
-    builtin_groups,
-    builtin_migrations,
     open_cache,
     run_groups,
 )
@@ -34,6 +32,7 @@ from consumers.groups.payments import queue_depth
 from producers import EventPublisher
 
 from ._cli_common import cli_errors, console
+from ._composition import marketplace_groups, marketplace_migrations
 from ._demo_market import Expectations, Marketplace
 from ._dlq import list_dead_letters
 from ._embedded import EmbeddedBroker
@@ -80,14 +79,14 @@ def _demo_settings(run_id: str, workdir: Path) -> tuple[Settings, EmbeddedBroker
     return load_settings(**overrides), broker
 
 
-async def _snapshot(settings: Settings, groups: list[ConsumerGroup], database: Database) -> _Snapshot:
+async def _snapshot(settings: Settings, groups: list[ConsumerGroup], database: Database, run_id: str) -> _Snapshot:
     connection = settings.connection()
     stats = await collect_stats(connection, groups, count_types=False)
     system = await partition_ends(connection, ["system"])
     return _Snapshot(
         lag={g.group: g.lag for g in stats.groups},
         dead_letters=sum(high - low for low, high in system.values()),
-        payments=await queue_depth(database),
+        payments=await queue_depth(database, payment_prefix=f"{run_id}-"),
     )
 
 
@@ -110,7 +109,15 @@ def _view(expected: Expectations, snap: _Snapshot, phase: str) -> Group:
     return Group(published, groups, other)
 
 
-async def _checks(settings: Settings, database: Database, expected: Expectations) -> list[Check]:
+async def _checks(
+    settings: Settings, database: Database, expected: Expectations, analytics_before: dict[str, int]
+) -> list[Check]:
+    """The summary's checks, over this run's users, sessions, payments and topics only.
+
+    The database may hold earlier runs' rows (``EVENTBUS_DATABASE_URL`` pointing at a used
+    database): rows are selected by this run's users, and the analytics counts, which are
+    not per user, are compared as the growth since the groups started.
+    """
     connection = settings.connection()
     letters = await list_dead_letters(connection)
     refused = {d.letter.original_event_id for d in letters if d.letter.error_type == "InsufficientCreditsError"}
@@ -119,7 +126,10 @@ async def _checks(settings: Settings, database: Database, expected: Expectations
         applied = {
             row[0]
             for row in await conn.execute(
-                text("SELECT entry_id FROM credits_ledger WHERE reason = 'session_completed'")
+                text(
+                    "SELECT entry_id FROM credits_ledger WHERE reason = 'session_completed' AND user_id IN :users"
+                ).bindparams(bindparam("users", expanding=True)),
+                {"users": expected.users},
             )
         }
         rows = (await conn.execute(text("SELECT user_id, balance FROM credits_balances"))).all()
@@ -164,7 +174,8 @@ async def _checks(settings: Settings, database: Database, expected: Expectations
         )
     )
     on_topics = await count_event_types(connection)
-    counted = (await analytics.summary(database)).by_type
+    after = (await analytics.summary(database)).by_type
+    counted = {t: n - analytics_before.get(t, 0) for t, n in after.items()}
     diff = {t: (counted.get(t, 0), n) for t, n in on_topics.items() if counted.get(t, 0) != n}
     checks.append(
         Check(
@@ -196,11 +207,12 @@ async def run_demo(duration_s: float, *, live: bool = True) -> list[Check]:
         await apply_topics(connection, replication_factor=settings.replication)
         database = Database(settings.database_url)
         stack.push_async_callback(database.close)
-        await database.migrate(builtin_migrations())
+        await database.migrate(marketplace_migrations())
+        analytics_before = (await analytics.summary(database)).by_type
         cache = open_cache(settings.redis_url)
         stack.push_async_callback(cache.close)
         resources = Resources(database=database, cache=cache, settings=settings.group_settings())
-        groups = list(builtin_groups(resources))
+        groups = list(marketplace_groups(resources))
         stop, started = asyncio.Event(), asyncio.Event()
         runner = asyncio.create_task(
             run_groups(
@@ -226,12 +238,12 @@ async def run_demo(duration_s: float, *, live: bool = True) -> list[Check]:
                 stable = 0
                 while stable < 2:
                     await asyncio.sleep(1.0)
-                    snap = await _snapshot(settings, groups, database)
+                    snap = await _snapshot(settings, groups, database, run_id)
                     phase = "driving the marketplace" if not driving.done() else "draining"
                     screen.update(_view(market.expected, snap, phase))
                     stable = stable + 1 if driving.done() and snap.drained else 0
                 await driving
-            return await _checks(settings, database, market.expected)
+            return await _checks(settings, database, market.expected, analytics_before)
         finally:
             stop.set()
             await runner

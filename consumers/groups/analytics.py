@@ -33,6 +33,7 @@ from consumers._context import HandlerContext
 from consumers._database import Database, Migration
 from consumers._group import ConsumerGroup
 from consumers._resources import Resources
+from consumers._retry import Patience, RetryPolicy
 from schemas import Event, SessionCreated
 
 __all__ = [
@@ -156,21 +157,26 @@ async def _count(conn: AsyncConnection, event: Event) -> None:
         )
 
 
-def build(resources: Resources) -> ConsumerGroup:
+def build(resources: Resources, *, retry: RetryPolicy | None = None) -> ConsumerGroup:
     """The ``analytics`` group (every event type). Example: ``registry.add(build(resources))``
 
     Its writes go through ``ctx.effects()``, i.e. the runtime's processed-events store: apply
     ``MIGRATIONS`` to that database (``resources.database`` is expected to be the same one).
+    A transient database failure is retried in the handler within ``retry`` (default 60 s).
     """
     group = ConsumerGroup(GROUP_NAME)
     del resources
+    storage = Patience("database", retry or RetryPolicy(), context={"group": GROUP_NAME})
 
-    @group.handler("*")
-    async def track(event: Event, ctx: HandlerContext) -> None:
+    async def count_once(event: Event, ctx: HandlerContext) -> None:
         async with ctx.effects() as tx:
             if tx.first_time:
                 assert tx.connection is not None  # noqa: S101 - set by __aenter__
                 await _count(tx.connection, event)
+
+    @group.handler("*")
+    async def track(event: Event, ctx: HandlerContext) -> None:
+        await storage.call(lambda: count_once(event, ctx), what=f"{event.event_type} {event.event_id}")
 
     return group
 

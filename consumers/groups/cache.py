@@ -26,6 +26,7 @@ from consumers._context import HandlerContext
 from consumers._database import Migration
 from consumers._group import ConsumerGroup
 from consumers._resources import Resources
+from consumers._retry import Patience, RetryPolicy
 from schemas import CacheCoachDataRefreshed, CoachProfileUpdated, CoachRatingUpdated, CoachStatusChanged
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "COACH_PROFILE_KEY",
     "GROUP_NAME",
     "MIGRATIONS",
+    "OUTAGE_BOUND_S",
     "build",
     "coach_keys",
     "coach_profile_key",
@@ -51,6 +53,9 @@ _CoachEvent = CoachProfileUpdated | CoachRatingUpdated | CoachStatusChanged
 MIGRATIONS: list[Migration] = []
 """The group has no tables."""
 
+OUTAGE_BOUND_S = 30.0
+"""How long invalidations wait for an unreachable cache before they are dead-lettered."""
+
 
 def coach_profile_key(coach_id: str) -> str:
     """The cache key of a coach's profile. Example: ``coach_profile_key("c-7") == "eventbus:coach:c-7:profile"``"""
@@ -62,15 +67,22 @@ def coach_keys(coach_id: str) -> list[str]:
     return [coach_profile_key(coach_id), COACH_LIST_KEY]
 
 
-def build(resources: Resources) -> ConsumerGroup:
-    """The ``cache`` group over ``resources.cache``. Example: ``registry.add(build(resources))``"""
+def build(resources: Resources, *, retry: RetryPolicy | None = None) -> ConsumerGroup:
+    """The ``cache`` group over ``resources.cache``. Example: ``registry.add(build(resources))``
+
+    While the cache is unreachable an invalidation waits and retries (backoff, one warning every
+    few seconds) for up to ``retry.bound_s`` (default ``OUTAGE_BOUND_S``) counted from the start of
+    the outage; past it, each invalidation fails with ``RetryBoundExceededError`` (the reason in
+    its dead letter: the cache, how long it had been failing, the last error) after one try.
+    """
     group = ConsumerGroup(GROUP_NAME)
     cache = resources.cache
+    patience = Patience("cache", retry or RetryPolicy(bound_s=OUTAGE_BOUND_S), context={"group": GROUP_NAME})
 
     @group.handler(CoachProfileUpdated, CoachRatingUpdated, CoachStatusChanged)
     async def invalidate(event: _CoachEvent, ctx: HandlerContext) -> None:
         keys = coach_keys(event.coach_id)
-        await cache.delete(*keys)
+        await patience.call(lambda: cache.delete(*keys), what=f"invalidating coach {event.coach_id!r}")
         await ctx.publish(CacheCoachDataRefreshed(coach_id=event.coach_id, invalidated_keys=keys))
 
     return group

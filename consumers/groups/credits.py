@@ -35,6 +35,7 @@ from consumers._context import HandlerContext, follow_up_id
 from consumers._database import Database, Migration
 from consumers._group import ConsumerGroup
 from consumers._resources import Resources
+from consumers._retry import Patience, RetryPolicy
 from producers import EventPublisher
 from schemas import CreditsReason, SessionCompleted, UserCreditsUpdated
 from schemas.errors import EventValidationError, FatalHandlerError
@@ -210,38 +211,43 @@ def _updated(entry: LedgerEntry) -> UserCreditsUpdated:
     )
 
 
-def build(resources: Resources) -> ConsumerGroup:
+def build(resources: Resources, *, retry: RetryPolicy | None = None) -> ConsumerGroup:
     """The ``credits`` group. Example: ``registry.add(build(resources))``
 
     Its writes go through ``ctx.effects()``, i.e. the runtime's processed-events store: apply
     ``MIGRATIONS`` to that database (``resources.database`` is expected to be the same one).
+    A transient database failure (lock conflict, deadlock, restart) is retried in the handler
+    within ``retry`` (default: ``RetryPolicy()``, 60 s); the deduction stays once per event.
     """
     group = ConsumerGroup(GROUP_NAME)
     del resources
+    storage = Patience("database", retry or RetryPolicy(), context={"group": GROUP_NAME})
 
-    @group.handler(SessionCompleted)
-    async def deduct(event: SessionCompleted, ctx: HandlerContext) -> None:
+    async def deduct_once(event: SessionCompleted, ctx: HandlerContext) -> LedgerEntry | None:
         entry_id = str(event.event_id)
         async with ctx.effects() as tx:
             conn = tx.connection
             assert conn is not None  # noqa: S101 - set by __aenter__
-            if tx.first_time:
-                balance = await _lock_balance(conn, event.user_id)
-                if balance < event.cost_credits:
-                    raise InsufficientCreditsError(event.user_id, balance=balance, cost=event.cost_credits)
-                entry: LedgerEntry | None = await _apply(
-                    conn,
-                    entry_id=entry_id,
-                    user_id=event.user_id,
-                    delta=-event.cost_credits,
-                    balance=balance,
-                    reason=CreditsReason.SESSION_COMPLETED,
-                    session_id=event.session_id,
-                )
-            else:
-                entry = await _read_entry(conn, entry_id)
+            if not tx.first_time:
+                return await _read_entry(conn, entry_id)
+            balance = await _lock_balance(conn, event.user_id)
+            if balance < event.cost_credits:
+                raise InsufficientCreditsError(event.user_id, balance=balance, cost=event.cost_credits)
+            return await _apply(
+                conn,
+                entry_id=entry_id,
+                user_id=event.user_id,
+                delta=-event.cost_credits,
+                balance=balance,
+                reason=CreditsReason.SESSION_COMPLETED,
+                session_id=event.session_id,
+            )
+
+    @group.handler(SessionCompleted)
+    async def deduct(event: SessionCompleted, ctx: HandlerContext) -> None:
+        entry = await storage.call(lambda: deduct_once(event, ctx), what=f"session:completed {event.event_id}")
         if entry is None:
-            msg = f"session:completed {entry_id} is marked processed by {GROUP_NAME} but has no ledger row"
+            msg = f"session:completed {event.event_id} is marked processed by {GROUP_NAME} but has no ledger row"
             raise FatalHandlerError(msg)
         await ctx.publish(_updated(entry))
 

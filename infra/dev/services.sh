@@ -73,7 +73,8 @@ redis_up || { echo "services: Redis does not answer on 127.0.0.1:6379" >&2; exit
 [ "$want_kafka" -eq 1 ] || { log "ready (PostgreSQL, Redis)"; exit 0; }
 
 # -- podman (the Docker API for testcontainers) -------------------------------------------------------
-apt_install podman runc debootstrap podman-compose
+# dnsname: container names resolve inside a compose network (the CNI backend of Debian bookworm's podman)
+apt_install podman runc debootstrap podman-compose golang-github-containernetworking-plugin-dnsname
 conf=/etc/containers/containers.conf
 if ! grep -q "eventbus" "$conf" 2>/dev/null; then
   log "configuring podman ($conf): runc, cgroupfs, no default ulimits"

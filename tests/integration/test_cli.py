@@ -9,24 +9,33 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from click.testing import CliRunner, Result
 
 from infra._cli import main
 from infra._reader import existing_topics
 from infra._settings import Settings
+from infra._topics import REPLAY_LOG_TOPIC, apply_topics
 from producers import EventPublisher, PublishResult
 from schemas import CATALOG, Event
+from schemas.errors import ConfigurationError
 from tests.conftest import KafkaTarget, make_settings
 
 pytestmark = pytest.mark.integration
+
+_CLI = [sys.executable, "-c", "from infra._cli import main; main()"]
 
 _SESSION = {
     "session_id": "session-1042",
@@ -80,7 +89,7 @@ def topic_names(settings: Settings) -> set[str]:
 
 def test_topics_apply_twice_creates_nothing_the_second_time(kafka_target: KafkaTarget) -> None:
     fresh = make_settings(kafka_target)
-    expected = sorted(fresh.connection().topic(name) for name in CATALOG.topics)
+    expected = sorted(fresh.connection().topic(name) for name in (*CATALOG.topics, REPLAY_LOG_TOPIC))
 
     first = cli(fresh, "topics", "apply", "--json")
     second = cli(fresh, "topics", "apply")
@@ -131,8 +140,8 @@ def test_publish_invalid_input_exits_2_and_sends_nothing(settings: Settings) -> 
     unknown = cli(settings, "publish", "session:nope", "--data", json.dumps(_SESSION))
 
     assert invalid.exit_code == 2
-    assert "cost_credits" in invalid.stderr
-    assert "invalid fields: cost_credits" in invalid.stderr
+    assert invalid.stderr.startswith("error: invalid session:created event: cost_credits: ")
+    assert invalid.stderr.count("cost_credits") == 1  # each problem is said once
     assert invalid.stdout == ""
     assert not_json.exit_code == 2
     assert "not valid JSON" in not_json.stderr
@@ -256,3 +265,119 @@ def test_tail_starts_at_the_end(settings: Settings) -> None:
     (record,) = [json.loads(line) for line in out.splitlines()]
     assert record["event_id"] in sent
     assert record["event_id"] != str(old.event_id)
+
+
+def test_publish_of_an_event_over_the_size_limit_exits_2_and_sends_nothing(kafka_target: KafkaTarget) -> None:
+    small = make_settings(kafka_target)
+    assert cli(small, "topics", "apply").exit_code == 0
+    env = {**env_of(small), "EVENTBUS_MAX_MESSAGE_BYTES": "64"}
+
+    result = CliRunner().invoke(main, ["publish", "session:created", "--data", json.dumps(_SESSION)], env=env)
+
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: session:created event is ")
+    assert "over the limit of 64 bytes" in result.stderr
+    empty = cli(small, "tail", "session", "--from-beginning", "--timeout", "2", "--json")
+    assert empty.stdout == ""
+
+
+def test_several_validation_problems_are_each_listed_once(settings: Settings) -> None:
+    result = cli(settings, "publish", "session:created", "--data", json.dumps({"session_id": "s-1"}))
+
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert lines[0] == "error: invalid session:created event, 5 problems:"
+    assert [line.split(":")[0].strip() for line in lines[1:]] == [
+        "coach_id",
+        "user_id",
+        "scheduled_at",
+        "session_type",
+        "cost_credits",
+    ]
+
+
+def test_topics_apply_refuses_a_replication_factor_over_the_broker_count_and_creates_nothing(
+    kafka_target: KafkaTarget,
+) -> None:
+    fresh = make_settings(kafka_target, replication_factor=5)  # more than any test cluster has brokers
+
+    result = cli(fresh, "topics", "apply")
+
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: replication factor 5 is larger than the 1 broker(s)")
+    assert "EVENTBUS_REPLICATION_FACTOR=1" in result.stderr
+    assert "Traceback" not in result.output
+    assert not {name for name in topic_names(fresh) if name.startswith(fresh.topic_prefix)}
+    with pytest.raises(ConfigurationError, match="larger than the 1 broker"):
+        asyncio.run(apply_topics(fresh.connection(), replication_factor=5))
+
+
+def _create(settings: Settings, entity: str, *, partitions: int, replication: int, configs: dict[str, str]) -> None:
+    async def go() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+        await admin.start()
+        try:
+            topic = NewTopic(settings.connection().topic(entity), partitions, replication, topic_configs=configs)
+            await admin.create_topics([topic])
+        finally:
+            await admin.close()
+
+    asyncio.run(go())
+
+
+def test_topics_apply_reports_config_and_partition_drift_and_changes_nothing(kafka_target: KafkaTarget) -> None:
+    fresh = make_settings(kafka_target)
+    _create(fresh, "session", partitions=2, replication=1, configs={"retention.ms": "60000"})
+
+    result = cli(fresh, "topics", "apply", "--json")
+
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    name = fresh.connection().topic("session")
+    assert report["drift"] == [
+        f"{name}: 2 partitions, spec says 6",
+        f"{name}: retention.ms=60000, spec says 604800000",
+    ]
+    assert name not in report["created"] + report["existing"]
+    assert f"warning: drift: {name}: retention.ms=60000" in result.stderr
+    rows = {row["name"]: row for row in json.loads(cli(fresh, "topics", "list", "--json").stdout)}
+    assert (rows[name]["partitions"], rows[name]["configs"]["retention.ms"]) == (2, "60000")
+
+
+def test_topics_apply_reports_a_replication_factor_that_differs(kafka_target: KafkaTarget) -> None:
+    if kafka_target.name != "embedded":
+        pytest.skip("needs a broker that accepts more replicas than brokers, as the embedded one silently does")
+    fresh = make_settings(kafka_target)  # replication 1
+    _create(fresh, "coach", partitions=3, replication=3, configs={})  # what the kafka profile used to create here
+
+    result = cli(fresh, "topics", "apply", "--json")
+
+    assert result.exit_code == 0, result.output
+    name = fresh.connection().topic("coach")
+    assert json.loads(result.stdout)["drift"] == [f"{name}: replication factor 3, settings say 1"]
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_run_serves_metrics_on_the_address_given(settings: Settings, tmp_path: Path) -> None:
+    port = _free_port("127.0.0.2")
+    command = [*_CLI, "run", "credits", "--metrics-host", "127.0.0.2", "--metrics-port", str(port)]
+    env = {**env_of(settings), "EVENTBUS_DATABASE_URL": f"sqlite:///{tmp_path}/run.sqlite", "PATH": ""}
+    with subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+        body, deadline = "", time.monotonic() + 30
+        while not body and proc.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.2:{port}/metrics", timeout=2) as response:
+                    body = response.read().decode()
+            except OSError:
+                time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+
+    assert "# HELP" in body, err
+    assert proc.returncode == 0, err

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -24,11 +26,14 @@ from consumers import (
 )
 from infra._cli import main
 from infra._dlq import DeadLetter, list_dead_letters, replay_dead_letters
+from infra._reader import ReadRecord, read_all
 from infra._settings import Settings
 from infra._stats import collect_stats
+from infra._topics import REPLAY_LOG_TOPIC, TOPIC_SPECS, apply_topics
 from producers import EventPublisher, OutgoingRecord
-from schemas import SessionCreated
+from schemas import AvroCodec, SessionCreated
 from schemas.errors import FatalHandlerError
+from tests.conftest import KafkaTarget, make_settings
 from tests.events_factory import example_event
 
 pytestmark = pytest.mark.integration
@@ -68,13 +73,13 @@ class _Shop:
 
 
 @asynccontextmanager
-async def _running(settings: Settings, shop: _Shop, tmp_path: Path) -> AsyncIterator[None]:
+async def _running(settings: Settings, shop: _Shop, tmp_path: Path, *more: _Shop) -> AsyncIterator[None]:
     database = Database(f"sqlite:///{tmp_path}/dedup.sqlite")
     await database.migrate([PROCESSED_EVENTS_MIGRATION])
     stop, started = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(
         run_groups(
-            [shop.group],
+            [shop.group, *(other.group for other in more)],
             connection=settings.connection(),
             publisher_config=settings.publisher_config("test"),
             consumer_config=settings.consumer_config(),
@@ -136,11 +141,14 @@ async def test_poison_and_undecodable_records_are_dead_lettered_byte_for_byte_an
             assert all(f.error_type == "FatalHandlerError" and f.attempts == 1 for f in failed)
 
             shop.fixed = True
-            for _ in range(2):  # replaying twice does not double-apply
-                report = await replay_dead_letters(
-                    settings.connection(), settings.publisher_config("t"), group=shop.group.name, event_type="session:*"
-                )
-                assert len(report.replayed) == len(poison)
+            connection, config = settings.connection(), settings.publisher_config("t")
+            first = await replay_dead_letters(connection, config, group=shop.group.name)
+            assert len(first.replayed) == len(poison)
+            assert first.skipped_undecodable == len(garbage)
+            second = await replay_dead_letters(connection, config, group=shop.group.name)
+            assert (second.replayed, second.skipped_replayed) == ([], len(poison))
+            again = await replay_dead_letters(connection, config, group=shop.group.name, again=True)  # no double-apply
+            assert len(again.replayed) == len(poison)
             await _until(lambda: shop.calls.count("poison-0") == 3 and shop.calls.count("poison-1") == 3)
             await asyncio.sleep(0.5)
             assert sorted(shop.applied) == sorted([e.session_id for e in good] + [p.session_id for p in poison])
@@ -163,7 +171,7 @@ async def test_replayed_records_carry_a_header_naming_their_dead_letter(settings
             await asyncio.sleep(0.5)
             report = await replay_dead_letters(settings.connection(), settings.publisher_config("t"))
             await _until(lambda: len(seen_headers) == 2)
-    source = f"{settings.connection().topic('system')}/{report.replayed[0]['dead_letter']}"
+    source = f"{settings.connection().topic('system')}/{report.replayed[0]['dead_letters'][0]}"
     assert seen_headers[1][REPLAY_HEADER] == source.encode()
     assert seen_headers[1]["event-id"] == seen_headers[0]["event-id"]
 
@@ -213,3 +221,165 @@ def test_dlq_cli_lists_and_dry_runs_as_json(settings: Settings) -> None:
     assert json.loads(dry.output)["replayed"][0]["replayed_to"] is None
     bad = runner.invoke(main, ["dlq", "list", "--since", "yesterday-ish"], env=env)
     assert bad.exit_code == 2
+
+
+async def test_a_record_three_groups_dead_lettered_is_replayed_once_and_then_not_again(
+    settings: Settings, tmp_path: Path
+) -> None:
+    shops = [_Shop(f"shop{n}-{uuid.uuid4().hex[:8]}") for n in range(3)]
+    connection, config = settings.connection(), settings.publisher_config("t")
+    async with EventPublisher(connection=connection, config=config) as publisher:
+        await publisher.publish(_session("poison-0"))
+    async with _running(settings, shops[0], tmp_path, *shops[1:]):
+        await _until(lambda: all(shop.calls == ["poison-0"] for shop in shops))
+        deadline = time.monotonic() + 30
+        while len(letters := await list_dead_letters(connection)) < len(shops):
+            assert time.monotonic() < deadline, f"only {len(letters)} dead letters"
+            await asyncio.sleep(0.2)
+        assert len({dead.original for dead in letters}) == 1
+        for shop in shops:
+            shop.fixed = True
+
+        dry = await replay_dead_letters(connection, config, dry_run=True)
+        report = await replay_dead_letters(connection, config)
+        second = await replay_dead_letters(connection, config)
+
+        (entry,) = report.replayed
+        assert entry["groups"] == sorted(shop.group.name for shop in shops)
+        assert sorted(entry["dead_letters"]) == sorted(dead.location for dead in letters)
+        assert dry.replayed == [{**entry, "replayed_to": None}]
+        assert (second.replayed, second.skipped_replayed) == ([], len(shops))
+        await _until(lambda: all(shop.calls == ["poison-0", "poison-0"] for shop in shops))
+        await asyncio.sleep(0.5)
+    assert all(shop.applied == ["poison-0"] for shop in shops)
+    assert [r.offset for r in await _records(settings, "session")] == [0, 1]  # the original and one replay
+    marks = [dead.replayed for dead in await list_dead_letters(connection)]
+    assert all(mark is not None and mark.replayed_to == entry["replayed_to"] for mark in marks)
+
+
+async def _records(settings: Settings, entity: str) -> list[ReadRecord]:
+    return [record async for record in read_all(settings.connection(), [entity])]
+
+
+def _seed_dead_letters(settings: Settings, group: str) -> list[SessionCreated]:
+    """Two events on the session topic, a dead letter of ``group`` for each, and one undecodable dead letter."""
+    events = [_session(f"seed-{n}") for n in range(2)]
+    topic = settings.connection().topic("session")
+
+    async def seed() -> None:
+        async with EventPublisher(connection=settings.connection(), config=settings.publisher_config("t")) as publisher:
+            for event in events:
+                record = publisher.prepare(event)
+                where = await publisher.publish_record(record)
+                letter = example_event(
+                    "system:error",
+                    consumer_group=group,
+                    original_topic=topic,
+                    original_partition=where.partition,
+                    original_offset=where.offset,
+                    original_key=record.key,
+                    original_headers=[{"key": k, "value": v} for k, v in record.headers],
+                    original_value=record.value,
+                    original_event_type=event.event_type,
+                    original_event_id=event.event_id,
+                )
+                await publisher.publish(letter)
+            garbage = example_event(
+                "system:error",
+                consumer_group=group,
+                original_topic=topic,
+                original_offset=999,
+                original_value=b"not avro",
+                original_event_type=None,
+                original_event_id=None,
+                error_type="CorruptMessageError",
+            )
+            await publisher.publish(garbage)
+
+    asyncio.run(seed())
+    return events
+
+
+def test_dlq_replay_twice_sends_nothing_the_second_time_and_a_dry_run_lists_exactly_what_is_sent(
+    settings: Settings,
+) -> None:
+    events = _seed_dead_letters(settings, "cli-replay")
+    env = {
+        "EVENTBUS_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "EVENTBUS_PROFILE": settings.profile,
+        "EVENTBUS_TOPIC_PREFIX": settings.topic_prefix,
+    }
+    runner = CliRunner()
+
+    def replay(*args: str) -> dict[str, Any]:
+        result = runner.invoke(main, ["dlq", "replay", "--json", *args], env=env)
+        assert result.exit_code == 0, result.output
+        report: dict[str, Any] = json.loads(result.stdout)
+        return report
+
+    def session_records() -> dict[str, ReadRecord]:
+        """The session topic's records by ``topic/partition/offset``."""
+        records = asyncio.run(_records(settings, "session"))
+        return {f"{r.topic}/{r.partition}/{r.offset}": r for r in records}
+
+    originals = session_records()
+    dry = replay("--dry-run")
+    assert session_records().keys() == originals.keys()  # the dry run sent nothing
+    real = replay()
+    after_real = session_records()
+    second = replay()
+
+    assert [entry["event_id"] for entry in real["replayed"]] == [str(event.event_id) for event in events]
+    assert dry["replayed"] == [{**entry, "replayed_to": None} for entry in real["replayed"]]
+    assert after_real.keys() - originals.keys() == {entry["replayed_to"] for entry in real["replayed"]}
+    sent = [after_real[entry["replayed_to"]] for entry in real["replayed"]]
+    codec = AvroCodec()
+    for record, entry in zip(sent, real["replayed"], strict=True):
+        assert record.key is not None
+        assert record.key.decode() == entry["key"]
+        assert [[k, v.decode()] for k, v in record.headers] == entry["headers"]
+        assert hashlib.sha256(record.value or b"").hexdigest() == entry["value_sha256"]
+        assert str(codec.decode(record.value or b"").event_id) == entry["event_id"]
+    assert (second["count"], second["skipped_replayed"], second["skipped_undecodable"]) == (0, 2, 1)
+    assert real["skipped_undecodable"] == 1
+    assert session_records().keys() == after_real.keys()  # the second run sent nothing
+
+    listed = runner.invoke(main, ["dlq", "list", "--json"], env=env)
+    assert listed.exit_code == 0, listed.output
+    marks = {entry["original_event_id"]: entry["replayed"] for entry in json.loads(listed.stdout)}
+    assert {key: (mark or {}).get("replayed_to") for key, mark in marks.items()} == {
+        **{entry["event_id"]: entry["replayed_to"] for entry in real["replayed"]},
+        None: None,
+    }
+    table = runner.invoke(main, ["dlq", "list"], env=env)
+    assert "3 dead letters, 2 replayed" in table.stdout
+
+    first_letter = real["replayed"][0]["dead_letters"][0]
+    again = replay("--again", "--letter", first_letter)
+    garbage = replay("--include-undecodable", "--error", "CorruptMessage*")
+    assert [entry["dead_letters"] for entry in again["replayed"]] == [[first_letter]]
+    assert [entry["event_id"] for entry in garbage["replayed"]] == [None]
+    relisted = json.loads(runner.invoke(main, ["dlq", "list", "--json", "--letter", first_letter], env=env).stdout)
+    assert [entry["replayed"]["times"] for entry in relisted] == [2]
+
+
+def test_without_a_replay_log_list_shows_no_marks_and_replay_refuses_before_sending(kafka_target: KafkaTarget) -> None:
+    older = make_settings(kafka_target)  # topics applied by a version without the replay log
+    specs = tuple(spec for spec in TOPIC_SPECS if spec.name != REPLAY_LOG_TOPIC)
+    asyncio.run(apply_topics(older.connection(), replication_factor=1, specs=specs))
+    events = _seed_dead_letters(older, "older")
+    env = {
+        "EVENTBUS_BOOTSTRAP_SERVERS": older.bootstrap_servers,
+        "EVENTBUS_PROFILE": older.profile,
+        "EVENTBUS_TOPIC_PREFIX": older.topic_prefix,
+    }
+    runner = CliRunner()
+
+    listed = runner.invoke(main, ["dlq", "list", "--json"], env=env)
+    replay = runner.invoke(main, ["dlq", "replay"], env=env)
+
+    assert listed.exit_code == 0, listed.output
+    assert [entry["replayed"] for entry in json.loads(listed.stdout)] == [None] * 3
+    assert replay.exit_code == 1
+    assert "create it with `eventbus topics apply`" in replay.stderr
+    assert len(asyncio.run(_records(older, "session"))) == len(events)

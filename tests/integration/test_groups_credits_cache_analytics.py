@@ -22,7 +22,7 @@ from consumers._resources import GroupSettings, Resources
 from consumers.groups import analytics, cache
 from consumers.groups import credits as credit
 from infra._cli_credits import credits_group
-from infra._cli_events import tail
+from infra._cli_tail import tail
 from infra._settings import Settings
 from producers import EventPublisher
 from schemas import CoachProfileUpdated, SessionCompleted, SessionCreated

@@ -20,6 +20,7 @@ from consumers import Database
 from infra._settings import Settings
 from producers import EventPublisher
 from tests.events_factory import example_event
+from tests.harness import POSTGRES_URL
 from tests.integration.runtime_app import TABLE_DDL
 
 pytestmark = pytest.mark.integration
@@ -114,3 +115,39 @@ def test_the_main_job_runs_on_the_embedded_defaults_and_its_checks_hold(tmp_path
     assert "FAILED" not in done.stdout
     for check in ("one pair of notifications per booking", "analytics counts = events on the topics"):
         assert check in done.stdout
+
+
+def _burn_cpu() -> list[subprocess.Popen[bytes]]:
+    """One busy-looping process per core: the machine our users run the demo on is doing other work."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_the_main_job_holds_its_checks_with_every_core_saturated_and_on_a_used_database(
+    engine: str, tmp_path: Path
+) -> None:
+    """Lock conflicts and slow handlers under CPU contention are retried, never dead-lettered; a second run on the
+    same database (the first run's rows still there) checks only its own users, sessions and payments."""
+    url = f"sqlite:///{tmp_path}/demo.sqlite" if engine == "sqlite" else POSTGRES_URL
+    env = _clean_env(PYTHONPATH=str(ROOT), COLUMNS="200", EVENTBUS_DATABASE_URL=url)
+    hogs = _burn_cpu()
+    try:
+        for run in ("first", "second"):
+            done = subprocess.run(
+                [*CLI, "demo", "--duration", "5", "--no-live"],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=280,
+                check=False,
+            )
+            assert done.returncode == 0, f"{run} run:\n{done.stdout}{done.stderr}"
+            assert "FAILED" not in done.stdout
+            [dead_letters] = [line for line in done.stdout.splitlines() if "no unexpected dead letters" in line]
+            assert [cell.strip() for cell in dead_letters.split("│")][2:4] == ["ok", "none"]
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()

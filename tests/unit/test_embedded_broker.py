@@ -209,7 +209,7 @@ def test_cli_port_in_use_is_a_clean_error() -> None:
         stdout, stderr = proc.communicate(timeout=20)
     assert proc.returncode == 1
     assert stdout == ""
-    assert stderr.startswith("Error: ")
+    assert stderr.startswith("error: ")
     assert "already in use" in stderr
     assert "Traceback" not in stderr
 

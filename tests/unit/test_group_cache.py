@@ -12,8 +12,10 @@ import pytest
 from consumers import ConsumerGroup, Database, RuntimeConfig, follow_up_id
 from consumers._cache import Cache, MemoryCache, RedisCache
 from consumers._resources import GroupSettings, Resources
+from consumers._retry import RetryPolicy
 from consumers.groups.cache import COACH_LIST_KEY, MIGRATIONS, build, coach_keys, coach_profile_key
-from producers import EventPublisher, InMemoryBroker
+from consumers.testing import InMemoryBroker
+from producers import EventPublisher
 from schemas import AvroCodec, CacheCoachDataRefreshed, Event, SystemErrorEvent
 from tests.events_factory import example_event
 from tests.harness import FAST, REDIS_URL, run_until_drained
@@ -29,9 +31,10 @@ async def cache(request: pytest.FixtureRequest) -> AsyncIterator[Cache]:
     await value.close()
 
 
-def cache_group(cache: Cache) -> ConsumerGroup:
-    # The group touches no database; an unopened engine satisfies Resources.
-    return build(Resources(database=Database("sqlite:///unused.sqlite"), cache=cache, settings=GroupSettings()))
+def cache_group(cache: Cache, retry: RetryPolicy | None = None) -> ConsumerGroup:
+    # The group touches no database; an unopened in-memory engine satisfies Resources.
+    resources = Resources(database=Database("sqlite://"), cache=cache, settings=GroupSettings())
+    return build(resources, retry=retry)
 
 
 def refreshed(broker: InMemoryBroker) -> list[CacheCoachDataRefreshed]:
@@ -90,19 +93,21 @@ async def test_a_redelivered_change_publishes_the_same_refresh_event_again(
 async def test_an_unreachable_redis_is_retried_then_dead_lettered(
     broker: InMemoryBroker, publisher: EventPublisher
 ) -> None:
-    """StorageError is retriable: the runtime tries max_attempts times, then dead-letters."""
+    """The handler waits for the cache within its bound, then the runtime dead-letters with the reason."""
     unreachable = RedisCache("redis://127.0.0.1:1/0")
     source: Event = example_event("coach:status_changed", coach_id=f"coach-{uuid4().hex[:12]}")
     await publisher.publish(source)
+    patience = RetryPolicy(initial_s=0.01, max_s=0.05, bound_s=0.3)
     try:
         await run_until_drained(
-            cache_group(unreachable), broker, publisher, config=RuntimeConfig(**FAST, max_attempts=2)
+            cache_group(unreachable, patience), broker, publisher, config=RuntimeConfig(**FAST, max_attempts=2)
         )
     finally:
         await unreachable.close()
 
     (letter,) = [CODEC.decode(record.value) for record in broker.records("system")]
     assert isinstance(letter, SystemErrorEvent)
-    assert (letter.consumer_group, letter.error_type, letter.attempts) == ("cache", "StorageError", 2)
+    assert (letter.consumer_group, letter.error_type, letter.attempts) == ("cache", "RetryBoundExceededError", 2)
+    assert "cache kept failing" in letter.error_message
     assert "redis DEL failed" in letter.error_message
     assert refreshed(broker) == []

@@ -33,6 +33,7 @@ from click.testing import CliRunner
 from consumers import ConsumerGroup, Database, ProcessedEventStore, RuntimeConfig
 from consumers._cache import MemoryCache
 from consumers._resources import GroupSettings, Resources
+from consumers._retry import RetryPolicy
 from consumers.groups.notifications import (
     MIGRATIONS,
     TEMPLATES_DIR,
@@ -49,8 +50,9 @@ from consumers.groups.notifications import (
     mark_read,
     notification_id,
 )
+from consumers.testing import InMemoryBroker
 from infra._cli_notifications import notifications_group
-from producers import EventPublisher, InMemoryBroker
+from producers import EventPublisher
 from schemas import (
     AvroCodec,
     Event,
@@ -90,8 +92,9 @@ async def running(broker: InMemoryBroker, group: ConsumerGroup, database: Databa
         yield run.publisher
 
 
-def group_for(database: Database, **settings: Any) -> ConsumerGroup:
-    return build(Resources(database=database, cache=MemoryCache(), settings=GroupSettings(**settings)))
+def group_for(database: Database, *, retry: RetryPolicy | None = None, **settings: Any) -> ConsumerGroup:
+    resources = Resources(database=database, cache=MemoryCache(), settings=GroupSettings(**settings))
+    return build(resources, retry=retry)
 
 
 # The groups here settle within 10 s; poll every 10 ms.
@@ -563,13 +566,15 @@ async def test_smtp_down_is_retried_then_dead_lettered_and_the_email_is_sent_on_
 ) -> None:
     collector, port = smtp_server
     event = booking()
-    down = group_for(database, smtp_host="127.0.0.1", smtp_port=free_port(), email_domain=DOMAIN)
+    patience = RetryPolicy(initial_s=0.01, max_s=0.05, bound_s=0.3)  # waits for SMTP this long, then gives up
+    down = group_for(database, retry=patience, smtp_host="127.0.0.1", smtp_port=free_port(), email_domain=DOMAIN)
     async with running(broker, down, database) as publisher:
         await publisher.publish(event)
         await until(lambda: len(dead_letters_for(broker, event)) == 1)
     [letter] = dead_letters_for(broker, event)
-    assert letter.error_type == "DeliveryError"
+    assert letter.error_type == "RetryBoundExceededError"
     assert letter.attempts == 3  # retried (RuntimeConfig.max_attempts), then dead-lettered
+    assert "smtp kept failing" in letter.error_message
     assert "email delivery of notification" in letter.error_message
     assert sent_for(broker, event) == []  # nothing announced as sent
     [client] = await inbox(database, event.user_id)  # the in-app notification is stored once...

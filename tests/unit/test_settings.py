@@ -97,3 +97,23 @@ def test_runtime_overrides_from_the_command_line_win_but_none_keeps_the_setting(
     settings = Settings(concurrency=4)
     assert settings.runtime_config(concurrency=None).concurrency == 4
     assert settings.runtime_config(concurrency=9).concurrency == 9
+
+
+def test_a_check_of_several_settings_together_names_them_instead_of_an_empty_field() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Settings(security_protocol="SASL_PLAINTEXT").connection()
+    message = info.value.message
+    assert message.startswith("invalid settings: EVENTBUS_SASL_MECHANISM, EVENTBUS_SASL_USERNAME")
+    assert ": :" not in message
+    assert "Value error" not in message
+
+
+def test_publisher_problems_name_the_settings_not_the_config_fields() -> None:
+    with pytest.raises(ConfigurationError, match="EVENTBUS_PRODUCER_ACKS, EVENTBUS_PRODUCER_IDEMPOTENCE: "):
+        Settings(producer_acks="1", producer_idempotence=True).publisher_config()
+
+
+def test_an_invalid_topic_prefix_is_refused_when_the_settings_are_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVENTBUS_TOPIC_PREFIX", "has space.")
+    with pytest.raises(ConfigurationError, match="EVENTBUS_TOPIC_PREFIX"):
+        load_settings()

@@ -32,15 +32,28 @@ SMTP_TIMEOUT_S = 10.0
 
 
 class DeliveryError(RetriableHandlerError):
-    """A channel could not deliver (SMTP down, refused, timed out): the runtime retries, then dead-letters.
+    """A channel could not deliver: retriable when trying later may work (server down, busy, timed out).
 
+    A permanent refusal (an SMTP 5xx reply, refused credentials, a server without a required
+    extension) is not retriable: its event is dead-lettered at once, with the server's answer.
     Example: ``DeliveryError("email", notification_id, "connection refused")``
     """
 
-    def __init__(self, channel: str, notification_id: UUID, detail: str) -> None:
+    def __init__(self, channel: str, notification_id: UUID, detail: str, *, retriable: bool = True) -> None:
         self.channel = channel
         self.notification_id = notification_id
-        super().__init__(f"{channel} delivery of notification {notification_id} failed: {detail}")
+        super().__init__(f"{channel} delivery of notification {notification_id} failed: {detail}", retriable=retriable)
+
+
+def _smtp_transient(exc: BaseException) -> bool:
+    """Whether an SMTP failure may pass: connection trouble and 4xx replies yes; 5xx, bad credentials no."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        return all(_smtp_transient(refusal) for refusal in exc.recipients)
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError | aiosmtplib.SMTPNotSupported):
+        return False
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return not 500 <= exc.code < 600  # 5xx: permanent failure
+    return True  # connect errors, disconnects, timeouts, other OS errors
 
 
 @runtime_checkable
@@ -118,7 +131,7 @@ class EmailChannel:
         return message
 
     async def deliver(self, notification: Notification) -> None:
-        """Send the email; ``DeliveryError`` (retriable) on any SMTP or connection failure."""
+        """Send the email; ``DeliveryError`` on an SMTP or connection failure (retriable unless permanent)."""
         settings = self._settings
         password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
         try:
@@ -132,4 +145,7 @@ class EmailChannel:
                 timeout=self._timeout_s,
             )
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            raise DeliveryError(self.name, notification.notification_id, f"{type(exc).__name__}: {exc}") from exc
+            detail = f"{type(exc).__name__}: {exc}"
+            raise DeliveryError(
+                self.name, notification.notification_id, detail, retriable=_smtp_transient(exc)
+            ) from exc

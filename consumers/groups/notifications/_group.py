@@ -7,6 +7,7 @@ from pathlib import Path
 from consumers._context import HandlerContext
 from consumers._group import ConsumerGroup
 from consumers._resources import Resources
+from consumers._retry import RetryPolicy
 from schemas import (
     NotificationRequested,
     PaymentFailed,
@@ -33,22 +34,28 @@ __all__ = ["GROUP_NAME", "build", "build_service"]
 GROUP_NAME = "notifications"
 
 
-def build_service(resources: Resources, *, templates_dir: Path = TEMPLATES_DIR) -> NotificationService:
+def build_service(
+    resources: Resources, *, templates_dir: Path = TEMPLATES_DIR, retry: RetryPolicy | None = None
+) -> NotificationService:
     """The service: templates loaded (and checked) now, email when ``settings.smtp_host`` is set.
 
     Example: ``service = build_service(resources)``
     """
     settings = resources.settings
     email = EmailChannel(settings) if settings.smtp_host else None
-    return NotificationService(resources.database, templates=load_templates(templates_dir), email=email)
+    templates = load_templates(templates_dir)
+    return NotificationService(resources.database, templates=templates, email=email, retry=retry)
 
 
-def build(resources: Resources, *, templates_dir: Path = TEMPLATES_DIR) -> ConsumerGroup:
+def build(
+    resources: Resources, *, templates_dir: Path = TEMPLATES_DIR, retry: RetryPolicy | None = None
+) -> ConsumerGroup:
     """The ``notifications`` group. Example: ``registry.add(build(resources))``
 
-    A template file that is broken raises ``TemplateDefinitionError`` here, at start-up.
+    A template file that is broken raises ``TemplateDefinitionError`` here, at start-up. The
+    database and SMTP are retried within ``retry`` (default: 60 s) when they fail transiently.
     """
-    service = build_service(resources, templates_dir=templates_dir)
+    service = build_service(resources, templates_dir=templates_dir, retry=retry)
     group = ConsumerGroup(GROUP_NAME)
 
     @group.handler(SessionCreated)

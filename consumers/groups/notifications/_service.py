@@ -21,10 +21,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from uuid import UUID
 
 from consumers._context import HandlerContext
 from consumers._database import Database
+from consumers._retry import Patience, RetryPolicy
 from schemas import (
     CustomTemplate,
     NotificationRequested,
@@ -38,7 +40,7 @@ from schemas import (
 )
 
 from ._channels import IN_APP_CHANNEL, InboxChannel, NotificationChannel
-from ._inbox import Notification, fetch_by_source, mark_emailed, notification_id
+from ._inbox import InboxItem, Notification, fetch_by_source, mark_emailed, notification_id
 from ._templates import TemplateSet, format_session_date, load_templates, snake_case_keys
 
 __all__ = [
@@ -78,10 +80,15 @@ class NotificationService:
         *,
         templates: TemplateSet | None = None,
         email: NotificationChannel | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.database = database
         self.templates = templates if templates is not None else load_templates()
         self.email = email
+        policy = retry or RetryPolicy()
+        context = {"group": "notifications"}
+        self._storage = Patience("database", policy, context=context)
+        self._smtp = Patience("smtp", policy, context=context)
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -117,15 +124,20 @@ class NotificationService:
             if nid not in ids:  # e.g. a coach cancelling a session booked with themself
                 ids.append(nid)
                 unique.append(planned)
-        async with ctx.effects() as tx:
-            if tx.connection is None:  # pragma: no cover - Effects sets it on entry
-                msg = "effects transaction without a connection"
-                raise RuntimeError(msg)
-            if tx.first_time:
-                inbox = InboxChannel(tx.connection)
-                for planned in unique:
-                    await inbox.deliver(self.render(source, planned))
-            stored = await fetch_by_source(tx.connection, source)
+
+        async def store_once() -> dict[UUID, InboxItem]:
+            async with ctx.effects() as tx:
+                if tx.connection is None:  # pragma: no cover - Effects sets it on entry
+                    msg = "effects transaction without a connection"
+                    raise RuntimeError(msg)
+                if tx.first_time:
+                    inbox = InboxChannel(tx.connection)
+                    for planned in unique:
+                        await inbox.deliver(self.render(source, planned))
+                return await fetch_by_source(tx.connection, source)
+
+        what = f"{ctx.event.event_type} {source}"
+        stored = await self._storage.call(store_once, what=what)
         items = [stored[nid] for nid in ids if nid in stored]
         if len(items) < len(ids):
             log.warning(
@@ -135,8 +147,9 @@ class NotificationService:
         if self.email is not None:
             for item in items:
                 if item.emailed_at is None:
-                    await self.email.deliver(item.notification())
-                    await mark_emailed(self.database, item.notification_id)
+                    # sent, then marked: a failed mark is retried alone, never by sending the email again
+                    await self._smtp.call(partial(self.email.deliver, item.notification()), what=what)
+                    await self._storage.call(partial(mark_emailed, self.database, item.notification_id), what=what)
         for item in items:
             for channel in self.channels:
                 await ctx.publish(

@@ -214,15 +214,21 @@ async def reclaim_expired(database: Database, lease_s: float) -> int:
     return int(result.rowcount)
 
 
-async def queue_depth(database: Database) -> dict[str, int]:
+async def queue_depth(database: Database, *, payment_prefix: str = "") -> dict[str, int]:
     """Rows by state: ``pending_high``, ``pending_normal``, ``charging``, ``processed``, ``failed``.
 
+    Only payments whose id starts with ``payment_prefix`` when it is given.
     Example: ``(await queue_depth(db))["pending_high"]``
     """
     depth = dict.fromkeys(("pending_high", "pending_normal", "charging", "processed", "failed"), 0)
+    like = payment_prefix.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
     async with database.begin() as conn:
         rows = await conn.execute(
-            text("SELECT status, priority_rank, COUNT(*) AS n FROM payments_queue GROUP BY status, priority_rank")
+            text(
+                "SELECT status, priority_rank, COUNT(*) AS n FROM payments_queue"
+                " WHERE payment_id LIKE :like ESCAPE '!' GROUP BY status, priority_rank"
+            ),
+            {"like": like},
         )
         for status, rank, count in rows:
             key = (f"pending_{'high' if rank == 0 else 'normal'}") if status == "pending" else status
