@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -37,6 +38,7 @@ __all__ = ["KafkaCluster", "KafkaListener", "KafkaTls", "new_cluster_id"]
 
 _LOG4J2 = Path(__file__).resolve().parent / "kafka" / "log4j2.yaml"
 _SCRAM = "SCRAM-SHA-512"
+_SCRAM_UNSAFE = re.compile(r'[\s,\[\]="]')
 
 
 def new_cluster_id() -> str:
@@ -130,6 +132,12 @@ class KafkaCluster:
         self._listeners = tuple(listeners)
         self._tls = tls
         self._scram_users = dict(scram_users or {})
+        for name, password in self._scram_users.items():
+            # StorageTool reads "SCRAM-SHA-512=[name=...,password=...]": these characters would break it.
+            if not name or not password or _SCRAM_UNSAFE.search(name) or _SCRAM_UNSAFE.search(password):
+                raise ConfigurationError(
+                    f'SCRAM user {name!r}: the name and password must be non-empty, without spaces or any of , [ ] = "'
+                )
         self._properties = dict(properties or {})
         self._home: Path | None = None
         self._temporary = False
@@ -338,11 +346,12 @@ class KafkaCluster:
                     )
         if self._tls is not None:
             keystore = node.home / "keystore.pem"
-            keystore.write_text(
-                self._tls.keyfile.read_text(encoding="ascii") + "\n" + self._tls.certfile.read_text(encoding="ascii"),
-                encoding="ascii",
+            _write_private(
+                keystore,
+                self._tls.keyfile.read_text(encoding="ascii").rstrip()
+                + "\n"
+                + self._tls.certfile.read_text(encoding="ascii"),
             )
-            keystore.chmod(0o600)
             values["ssl.keystore.type"] = "PEM"
             values["ssl.keystore.location"] = str(keystore)
         values.update(self._properties)
@@ -436,6 +445,14 @@ class KafkaCluster:
     def __repr__(self) -> str:
         servers = ",".join(f"{self._host}:{node.port}" for node in self._nodes) or "not started"
         return f"KafkaCluster(nodes={self._count}, bootstrap_servers={servers!r}, data_dir={self._data_dir!s})"
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to a file only its owner may read (a private key), never readable by others in between."""
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="ascii") as handle:
+        handle.write(text)
 
 
 def _tail(path: Path, lines: int = 5) -> str:

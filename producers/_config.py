@@ -64,16 +64,33 @@ class KafkaConnection(_Config):
         return f"{self.topic_prefix}{entity}"
 
     def ssl_context(self) -> ssl.SSLContext | None:
-        """The TLS context for SSL and SASL_SSL, from the configured files."""
+        """The TLS context for SSL and SASL_SSL, from the configured files (None for the other protocols).
+
+        It verifies the broker's certificate and host name, against ``ssl_cafile`` or else the system's CAs.
+        A file that cannot be read or used is one ``ConfigurationError`` naming the file and its setting.
+        Example: ``KafkaConnection(security_protocol="SSL", ssl_cafile=Path("ca.pem")).ssl_context()``
+        """
         if not self.security_protocol.endswith("SSL"):
             return None
-        context = ssl.create_default_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            msg = "EVENTBUS_SSL_KEYFILE / ssl_keyfile is set but EVENTBUS_SSL_CERTFILE / ssl_certfile is not"
+            raise ConfigurationError(msg)
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            _check_readable(name, getattr(self, name))
+        try:
+            context = ssl.create_default_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError(_file_problem("ssl_cafile", self.ssl_cafile, exc)) from exc
         if self.ssl_certfile is not None:
             password = self.ssl_key_password.get_secret_value() if self.ssl_key_password else None
             try:
                 context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile, password=password)
             except (OSError, ssl.SSLError) as exc:
-                msg = f"cannot load the client certificate {self.ssl_certfile}: {exc}"
+                key = f" with the key {self.ssl_keyfile}" if self.ssl_keyfile else ""
+                msg = (
+                    f"EVENTBUS_SSL_CERTFILE / ssl_certfile: cannot load the client certificate "
+                    f"{self.ssl_certfile}{key}: {_reason(exc)}"
+                )
                 raise ConfigurationError(msg) from exc
         return context
 
@@ -93,6 +110,35 @@ class KafkaConnection(_Config):
             options["sasl_plain_username"] = self.sasl_username
             options["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
         return options
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong with a file, without Python's ``[Errno 2]`` prefix."""
+    if isinstance(exc, ssl.SSLError):
+        return f"not a usable PEM file ({exc.reason or exc})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
+
+
+_FILE_ROLES = {"ssl_cafile": "the CA file", "ssl_certfile": "the client certificate", "ssl_keyfile": "the client key"}
+
+
+def _file_problem(name: str, path: Path | None, exc: BaseException) -> str:
+    """``EVENTBUS_SSL_CAFILE / ssl_cafile: cannot read the CA file /x/ca.pem: No such file or directory``."""
+    verb = "use" if isinstance(exc, ssl.SSLError) else "read"
+    return f"EVENTBUS_{name.upper()} / {name}: cannot {verb} {_FILE_ROLES[name]} {path}: {_reason(exc)}"
+
+
+def _check_readable(name: str, path: Path | None) -> None:
+    """Raise ``ConfigurationError`` naming the file and its setting when ``path`` cannot be read."""
+    if path is None:
+        return
+    try:
+        with path.open("rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise ConfigurationError(_file_problem(name, path, exc)) from exc
 
 
 class PublisherConfig(_Config):

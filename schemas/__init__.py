@@ -42,6 +42,7 @@ from ._events import (
     UserCreditsUpdated,
 )
 from .errors import (
+    AuthenticationFailedError,
     BrokerError,
     BrokerTimeoutError,
     BrokerUnavailableError,
@@ -69,6 +70,7 @@ from .errors import (
 __all__ = [
     "CATALOG",
     "HIGH_PRIORITY_AMOUNT",
+    "AuthenticationFailedError",
     "AvroCodec",
     "BrokerError",
     "BrokerTimeoutError",

@@ -12,7 +12,8 @@ escapes the public API.
     ├── UnknownTopicError              the topic is not one of the catalog's topics
     ├── MessageTooLargeError           the encoded record exceeds the client-side limit
     ├── ConfigurationError             settings that cannot work
-    │   └── IdempotenceUnsupportedError    the broker refused InitProducerId
+    │   ├── IdempotenceUnsupportedError    the broker refused InitProducerId
+    │   └── AuthenticationFailedError      the broker refused the SASL credentials
     ├── HandlerError                   raised by handlers to say how a failure is to be treated
     │   ├── RetriableHandlerError          retriable=True: try again (then dead-letter)
     │   └── FatalHandlerError              straight to the dead-letter topic
@@ -40,6 +41,7 @@ Example::
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationFailedError",
     "BrokerError",
     "BrokerTimeoutError",
     "BrokerUnavailableError",
@@ -119,13 +121,17 @@ class UnknownTopicError(EventBusError):
 
 
 class MessageTooLargeError(EventBusError):
-    """The encoded record is larger than the configured maximum message size."""
+    """The encoded record is larger than the configured maximum message size (or than the broker's).
 
-    def __init__(self, size: int, limit: int, event_type: str = "") -> None:
+    ``size`` and ``limit`` are None when the broker refused the record and did not say them.
+    Example: ``MessageTooLargeError(2_000_000, 1_048_576, "session:created")``
+    """
+
+    def __init__(self, size: int | None, limit: int | None, event_type: str = "", *, reason: str | None = None) -> None:
         self.size = size
         self.limit = limit
         what = f"{event_type} event" if event_type else "record"
-        super().__init__(f"{what} is {size} bytes, over the limit of {limit} bytes")
+        super().__init__(reason or f"{what} is {size} bytes, over the limit of {limit} bytes")
 
 
 class ConfigurationError(EventBusError):
@@ -134,6 +140,13 @@ class ConfigurationError(EventBusError):
 
 class IdempotenceUnsupportedError(ConfigurationError):
     """The broker refused InitProducerId, so an idempotent producer cannot start."""
+
+
+class AuthenticationFailedError(ConfigurationError):
+    """The broker refused the SASL credentials (wrong user or password, or a mechanism it does not enable).
+
+    Never retriable, and never carries the password. Example: ``except AuthenticationFailedError: rotate()``
+    """
 
 
 class HandlerError(EventBusError):
