@@ -10,7 +10,6 @@ Example::
 """
 
 from ._app import group_id, run_groups
-from ._builtin import BUILTIN_GROUP_NAMES, builtin_groups, builtin_migrations
 from ._cache import Cache, MemoryCache, RedisCache, open_cache
 from ._config import ConsumerConfig, RuntimeConfig
 from ._context import FOLLOW_UP_NAMESPACE, HandlerContext, HandlerScope, follow_up_id
@@ -18,7 +17,6 @@ from ._database import Database, Migration, async_url, migrated_database
 from ._dead_letter import REPLAY_HEADER, build_dead_letter
 from ._group import BackgroundTask, ConsumerGroup, GroupRegistry, Handler
 from ._kafka import KafkaConsumerTransport
-from ._memory import InMemoryConsumerTransport
 from ._metrics import RuntimeMetrics, default_metrics
 from ._resources import GroupSettings, Resources
 from ._retry import backoff_delay, is_retriable
@@ -27,7 +25,6 @@ from ._store import PROCESSED_EVENTS_MIGRATION, Effects, ProcessedEventStore
 from ._transport import ConsumedRecord, ConsumerTransport, PartitionsCallback, PlainRecord, TopicPartition
 
 __all__ = [
-    "BUILTIN_GROUP_NAMES",
     "FOLLOW_UP_NAMESPACE",
     "PROCESSED_EVENTS_MIGRATION",
     "REPLAY_HEADER",
@@ -45,7 +42,6 @@ __all__ = [
     "Handler",
     "HandlerContext",
     "HandlerScope",
-    "InMemoryConsumerTransport",
     "KafkaConsumerTransport",
     "MemoryCache",
     "Migration",
@@ -60,8 +56,6 @@ __all__ = [
     "async_url",
     "backoff_delay",
     "build_dead_letter",
-    "builtin_groups",
-    "builtin_migrations",
     "default_metrics",
     "follow_up_id",
     "group_id",

@@ -42,12 +42,8 @@ class ConsumerGroup:
     def __init__(
         self, name: str, *, catalog: Catalog = CATALOG, retriable: tuple[type[BaseException], ...] = ()
     ) -> None:
-        if (
-            not name
-            or len(name) > MAX_GROUP_NAME
-            or not name.replace("-", "").replace("_", "").replace(".", "").isalnum()
-        ):
-            msg = f"invalid group name {name!r}: 1 to {MAX_GROUP_NAME} letters, digits, '-', '_' and '.'"
+        if _GROUP_NAME.fullmatch(name) is None:
+            msg = f"invalid group name {name!r}: 1 to {MAX_GROUP_NAME} ASCII letters, digits, '-', '_' and '.'"
             raise ConfigurationError(msg)
         self.name = name
         self.catalog = catalog

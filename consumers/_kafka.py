@@ -9,13 +9,13 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from aiokafka import TopicPartition as KafkaTopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError
 
-from producers import KafkaConnection, connect_with_retry, convert_kafka_error
+from producers import KafkaConnection, connect_with_retry, kafka_admin
 from schemas.errors import BrokerError, CommitFailedError
 
 from ._config import ConsumerConfig
+from ._retry import throttle_logs
 from ._transport import ConsumedRecord, PartitionsCallback, TopicPartition
 
 __all__ = ["KafkaConsumerTransport"]
@@ -31,12 +31,14 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self._on_assigned = on_assigned
         self._on_revoked = on_revoked
         self._held = held
+        self.to_verify: set[KafkaTopicPartition] = set()
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         await self._on_revoked({TopicPartition(tp.topic, tp.partition) for tp in revoked})
         self._held.difference_update(revoked)  # a partition assigned again starts unpaused
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.to_verify.update(assigned)  # checked by the next fetch: did the broker keep our offsets?
         await self._on_assigned({TopicPartition(tp.topic, tp.partition) for tp in assigned})
 
 
@@ -53,6 +55,9 @@ class KafkaConsumerTransport:
         self._consumer: AIOKafkaConsumer | None = None
         self._held: set[KafkaTopicPartition] = set()  # "paused": left out of fetches (see ``pause``)
         self._resumed = asyncio.Event()
+        self._listener: _Listener | None = None
+        self._committed: dict[KafkaTopicPartition, int] = {}  # what this member committed, to notice a loss
+        self._partitions: dict[str, int] = {}  # partition count of each subscribed topic, as first seen
 
     def _running(self) -> AIOKafkaConsumer:
         if self._consumer is None:
@@ -62,6 +67,7 @@ class KafkaConsumerTransport:
 
     async def start(self, topics: list[str], on_assigned: PartitionsCallback, on_revoked: PartitionsCallback) -> None:
         """Connect (retrying up to the connect timeout) and subscribe."""
+        throttle_logs()  # a broker away makes aiokafka repeat each error many times a second
         config = self._config
         consumer = AIOKafkaConsumer(
             **self._connection.client_options(),
@@ -79,7 +85,8 @@ class KafkaConsumerTransport:
         )
         try:
             await connect_with_retry(consumer.start, self._connection, f"consumer group {self.group_id}")
-            consumer.subscribe(topics=topics, listener=_Listener(on_assigned, on_revoked, self._held))
+            self._listener = _Listener(on_assigned, on_revoked, self._held)
+            consumer.subscribe(topics=topics, listener=self._listener)
         except BaseException:
             await consumer.stop()
             raise
@@ -97,8 +104,16 @@ class KafkaConsumerTransport:
             return  # the broker will expire the membership after the session timeout
 
     async def fetch(self, timeout_s: float, max_records: int) -> dict[TopicPartition, list[ConsumedRecord]]:
-        """One ``getmany`` round over the assigned partitions that are not paused."""
+        """One ``getmany`` round over the assigned partitions that are not paused.
+
+        After an assignment, first checks that the broker still has what this member saw:
+        a non-retriable ``BrokerError`` when committed offsets vanished or a topic lost
+        partitions (a restarted memory-only broker, whose topics were created again by
+        auto-creation): going on would silently consume the wrong topics from scratch.
+        """
         consumer = self._running()
+        if self._listener is not None and self._listener.to_verify:
+            await self._verify(consumer, self._listener.to_verify)
         timeout_ms = int(timeout_s * 1000)
         try:
             if not self._held:
@@ -117,6 +132,26 @@ class KafkaConsumerTransport:
             raise BrokerError(f"fetch failed: {exc!r}", retriable=True) from exc
         return batch  # type: ignore[no-any-return]
 
+    async def _verify(self, consumer: AIOKafkaConsumer, assigned: set[KafkaTopicPartition]) -> None:
+        lost: list[str] = []
+        for topic in sorted({tp.topic for tp in assigned}):
+            count = len(consumer.partitions_for_topic(topic) or ())
+            known = self._partitions.setdefault(topic, count)
+            if count < known:
+                lost.append(f"topic {topic} has {count} partitions, it had {known}")
+        for tp in sorted(assigned & self._committed.keys()):
+            committed = await self.committed(TopicPartition(tp.topic, tp.partition))
+            if committed is None:
+                lost.append(f"the offset {self._committed[tp]} committed on {tp.topic}/{tp.partition} is gone")
+        assigned.clear()
+        if lost:
+            msg = (
+                f"the broker lost the state of group {self.group_id} ({'; '.join(lost[:3])}): it was restarted"
+                " without its data (the embedded broker keeps nothing). Create the topics again"
+                " (`eventbus topics apply`) and restart the group"
+            )
+            raise BrokerError(msg, retriable=False)
+
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Commit, bounded by the request timeout (a broker that lost its state can hang commits)."""
         kafka_offsets = {KafkaTopicPartition(tp.topic, tp.partition): offset for tp, offset in offsets.items()}
@@ -124,6 +159,7 @@ class KafkaConsumerTransport:
             await asyncio.wait_for(self._running().commit(kafka_offsets), timeout=self._connection.request_timeout_s)
         except (KafkaError, TimeoutError) as exc:
             raise CommitFailedError(f"commit of {len(offsets)} partitions failed: {exc!r}") from exc
+        self._committed.update(kafka_offsets)
 
     async def committed(self, partition: TopicPartition) -> int | None:
         """The group's committed offset for a partition."""
@@ -152,20 +188,11 @@ class KafkaConsumerTransport:
 
     async def ensure_topics(self, names: list[str], *, partitions: int, replication: int) -> None:
         """Create the missing topics explicitly (never through auto-creation)."""
-        admin = AIOKafkaAdminClient(**self._connection.client_options())
-        timeout = self._connection.request_timeout_s
-        try:
-            await connect_with_retry(admin.start, self._connection, "admin")
-            existing = set(await asyncio.wait_for(admin.list_topics(), timeout=timeout))
+        async with kafka_admin(self._connection, "creating the retry topics") as admin:
+            existing = await admin.topic_names()
             for name in names:
-                if name in existing:
-                    continue
-                with contextlib.suppress(TopicAlreadyExistsError):  # another member created it meanwhile
-                    await asyncio.wait_for(admin.create_topics([NewTopic(name, partitions, replication)]), timeout)
-        except (KafkaError, TimeoutError) as exc:
-            raise convert_kafka_error(exc, "creating the retry topics") from exc
-        finally:
-            await admin.close()
+                if name not in existing:  # False from create_topic: another member created it meanwhile
+                    await admin.create_topic(name, partitions=partitions, replication=replication)
 
     def highwater(self, partition: TopicPartition) -> int | None:
         """End offset as reported by the last fetch (the embedded broker's ``end_offsets`` is wrong)."""

@@ -16,13 +16,12 @@ from consumers import (
     GroupRegistry,
     ProcessedEventStore,
     Resources,
-    builtin_groups,
-    builtin_migrations,
     open_cache,
     run_groups,
 )
 from schemas.errors import ConfigurationError, EventBusError
 
+from ._composition import marketplace_groups, marketplace_migrations
 from ._logging import configure_logging
 from ._settings import load_settings
 
@@ -30,13 +29,13 @@ __all__ = ["load_registry", "run"]
 
 
 def load_registry(app: str | None, resources: Resources) -> GroupRegistry:
-    """The built-in groups, or the ones at ``module:attribute``.
+    """The marketplace's groups (``infra._composition``), or the ones at ``module:attribute``.
 
     The attribute is a GroupRegistry, a ConsumerGroup, or a callable taking
     the ``Resources`` and returning either.
     """
     if app is None:
-        return builtin_groups(resources)
+        return marketplace_groups(resources)
     module_name, _, attribute = app.partition(":")
     try:
         target = getattr(importlib.import_module(module_name), attribute or "REGISTRY")
@@ -71,7 +70,7 @@ async def _serve(names: tuple[str, ...], app: str | None, concurrency: int | Non
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
-        await database.migrate(builtin_migrations() if app is None else [PROCESSED_EVENTS_MIGRATION])
+        await database.migrate(marketplace_migrations() if app is None else [PROCESSED_EVENTS_MIGRATION])
         await run_groups(
             groups,
             connection=settings.connection(),
@@ -91,6 +90,12 @@ async def _serve(names: tuple[str, ...], app: str | None, concurrency: int | Non
 @click.option("--concurrency", type=click.IntRange(1, 1024), help="Partitions handled at once per group.")
 @click.option("--app", help="module:attribute of a GroupRegistry or ConsumerGroup (default: the built-in groups).")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), help="Serve Prometheus metrics on this port.")
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics endpoint binds (0.0.0.0: every interface, for a scraper on another host).",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-format", type=click.Choice(["json", "text"]), default="json", show_default=True)
 def run(
@@ -98,6 +103,7 @@ def run(
     concurrency: int | None,
     app: str | None,
     metrics_port: int | None,
+    metrics_host: str,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -109,7 +115,10 @@ def run(
     if metrics_port is not None:
         from prometheus_client import start_http_server  # noqa: PLC0415 - only when asked
 
-        start_http_server(metrics_port, addr="127.0.0.1")
+        try:
+            start_http_server(metrics_port, addr=metrics_host)
+        except OSError as exc:
+            raise click.ClickException(f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc}") from exc
     try:
         asyncio.run(_serve(groups, app, concurrency))
     except EventBusError as exc:

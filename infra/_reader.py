@@ -22,20 +22,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from producers import KafkaConnection, connect_with_retry, convert_kafka_error
+from producers import KafkaConnection, connect_with_retry, convert_kafka_error, kafka_admin
 from schemas import CATALOG, AvroCodec, Event
 from schemas.errors import BrokerError, CorruptMessageError, DecodeError, UnknownTopicError
 
 __all__ = [
+    "RawRecord",
     "ReadRecord",
     "count_event_types",
     "existing_topics",
     "partition_ends",
     "read_all",
     "read_history",
+    "read_raw",
     "tail_records",
 ]
 
@@ -146,53 +147,48 @@ def _skip_by_header(record: ConsumerRecord[bytes, bytes], pattern: str | None) -
     return header is not None and not fnmatch.fnmatchcase(header, pattern)
 
 
-async def _with_admin(connection: KafkaConnection, action: str, names: list[str] | None = None) -> Any:
-    """``list_topics()`` (no ``names``) or ``describe_topics(names)`` on a short-lived admin client."""
-    admin = AIOKafkaAdminClient(**connection.client_options())
-    try:
-        await connect_with_retry(admin.start, connection, "admin")
-        request = admin.list_topics() if names is None else admin.describe_topics(names)
-        return await asyncio.wait_for(request, timeout=connection.request_timeout_s)
-    except (TimeoutError, KafkaError) as exc:
-        raise convert_kafka_error(exc, action) from exc
-    finally:
-        await admin.close()
-
-
 async def existing_topics(connection: KafkaConnection) -> set[str]:
     """The topic names on the broker, from a metadata request for all topics (it never creates one)."""
-    return set(await _with_admin(connection, "listing topics"))
+    async with kafka_admin(connection, "listing topics") as admin:
+        return await admin.topic_names()
 
 
-async def _resolve(connection: KafkaConnection, entities: Sequence[str] | None) -> dict[str, list[int]]:
-    """Partition ids of the entity topics (all catalog topics by default), which must exist.
+async def _resolve(
+    connection: KafkaConnection, entities: Sequence[str] | None, topics: Sequence[str] | None = None
+) -> dict[str, list[int]]:
+    """Partition ids of the entity topics (all catalog topics by default), or of ``topics`` by full name.
 
-    Checking first matters: a metadata request naming a topic the broker does
-    not have creates it where auto-creation is on (always, on Tansu).
+    They must exist. Checking first matters: a metadata request naming a topic
+    the broker does not have creates it where auto-creation is on (always, on Tansu).
     """
-    wanted = [CATALOG.check_topic(entity) for entity in (entities or CATALOG.topics)]
-    names = [connection.topic(entity) for entity in dict.fromkeys(wanted)]
+    if topics is None:
+        wanted = [CATALOG.check_topic(entity) for entity in (entities or CATALOG.topics)]
+        names = [connection.topic(entity) for entity in dict.fromkeys(wanted)]
+    else:
+        names = list(dict.fromkeys(topics))
     present = await existing_topics(connection)
     missing = [name for name in names if name not in present]
     if missing:
         reason = f"topic {missing[0]!r} does not exist on the broker; create it with `eventbus topics apply`"
         raise UnknownTopicError(missing[0], reason=reason)
-    described = await _with_admin(connection, "describing topics", names)
-    partitions = {topic["topic"]: sorted(p["partition"] for p in topic["partitions"] or ()) for topic in described}
+    async with kafka_admin(connection, "describing topics") as admin:
+        described = await admin.describe_topics(names)
+    partitions = {topic.name: [p.partition for p in topic.partitions] for topic in described}
     return {name: partitions.get(name, []) for name in names}
 
 
 @asynccontextmanager
 async def _assigned(
-    connection: KafkaConnection, entities: Sequence[str] | None
+    connection: KafkaConnection, entities: Sequence[str] | None, topics: Sequence[str] | None = None
 ) -> AsyncIterator[tuple[AIOKafkaConsumer, list[TopicPartition]]]:
     """A started consumer without a group, assigned every partition of the (existing) topics."""
-    described = await _resolve(connection, entities)
+    described = await _resolve(connection, entities, topics)
     consumer = AIOKafkaConsumer(
         **connection.client_options(),
         group_id=None,
         enable_auto_commit=False,
         fetch_max_wait_ms=_FETCH_WAIT_MS,
+        isolation_level="read_committed",  # records of aborted transactions are never shown
     )
     timeout = connection.request_timeout_s
     try:
@@ -389,11 +385,11 @@ async def partition_ends(
 
 
 async def _read_raw(
-    connection: KafkaConnection, entities: Sequence[str] | None
+    connection: KafkaConnection, entities: Sequence[str] | None, topics: Sequence[str] | None = None
 ) -> AsyncGenerator[ConsumerRecord[bytes, bytes], None]:
     """Raw records from the beginning to the end seen at the start, one partition at a time."""
     timeout = connection.request_timeout_s
-    async with _assigned(connection, entities) as (consumer, partitions):
+    async with _assigned(connection, entities, topics) as (consumer, partitions):
         lows = await asyncio.wait_for(consumer.beginning_offsets(partitions), timeout=timeout)
         ends = await _high_watermarks(consumer, partitions, timeout)
         for tp in partitions:
@@ -425,6 +421,28 @@ async def read_all(
     codec = codec or AvroCodec()
     async for raw in _read_raw(connection, entities):
         yield _decode(codec, raw)
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One record of any topic, undecoded. Example: ``json.loads(record.value) if record.value else None``"""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None = field(repr=False)
+
+
+async def read_raw(connection: KafkaConnection, topics: Sequence[str]) -> AsyncGenerator[RawRecord, None]:
+    """Every record of ``topics`` (full names, which must exist) up to the end seen when reading started.
+
+    For topics that hold no catalog events, such as the replay log of dead letters.
+    Example: ``async for r in read_raw(conn, [conn.topic("system-replays")])``
+    """
+    async for raw in _read_raw(connection, None, topics):
+        yield RawRecord(raw.topic, raw.partition, raw.offset, raw.timestamp, raw.key, raw.value)
 
 
 async def count_event_types(connection: KafkaConnection, entities: Sequence[str] | None = None) -> Counter[str]:

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from consumers import ConsumerConfig, RuntimeConfig
-from consumers._resources import GroupSettings
-from producers import KafkaConnection, PublisherConfig
 from schemas.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from consumers import ConsumerConfig, GroupSettings, RuntimeConfig
+    from producers import KafkaConnection, PublisherConfig
+
+# The config classes are imported where they are built: loading the settings must not import the
+# Kafka client or the database layer (`eventbus schemas list` needs neither).
 
 __all__ = ["Profile", "Settings", "load_settings"]
 
-_Config = TypeVar("_Config", KafkaConnection, PublisherConfig, ConsumerConfig, RuntimeConfig, GroupSettings)
+_Config = TypeVar("_Config", bound=BaseModel)
 
 Profile = Literal["kafka", "embedded"]
 
@@ -36,7 +42,7 @@ class Settings(BaseSettings):
 
     profile: Profile = "kafka"
     bootstrap_servers: str = "127.0.0.1:9092"
-    topic_prefix: str = ""
+    topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$")
     client_id: str = "eventbus"
     service_name: str = "eventbus"
 
@@ -56,6 +62,8 @@ class Settings(BaseSettings):
     producer_idempotence: bool | None = None
     """None: on for the kafka profile, off for embedded."""
     producer_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
+    producer_transactional_id: str | None = None
+    """Makes publishers transactional (Apache Kafka only); one id per producing process."""
     producer_linger_ms: int = Field(default=5, ge=0)
     max_message_bytes: int = Field(default=1_048_576, gt=0)
     delivery_timeout_s: float = Field(default=30.0, gt=0)
@@ -114,13 +122,18 @@ class Settings(BaseSettings):
 
     def connection(self) -> KafkaConnection:
         """The connection config for producers, consumers and admin (every field has its setting's name)."""
+        from producers import KafkaConnection  # noqa: PLC0415 - see the note at the imports
+
         return _build(KafkaConnection, **self._same_named(KafkaConnection))
 
     def publisher_config(self, service: str | None = None) -> PublisherConfig:
         """The publisher config; ``service`` overrides ``service_name``."""
+        from producers import PublisherConfig  # noqa: PLC0415 - see the note at the imports
+
         acks: Any = "all" if self.producer_acks == "all" else int(self.producer_acks)
         return _build(
             PublisherConfig,
+            _PUBLISHER_SETTINGS,
             service=service or self.service_name,
             acks=acks,
             enable_idempotence=self.idempotence,
@@ -128,14 +141,22 @@ class Settings(BaseSettings):
             linger_ms=self.producer_linger_ms,
             max_message_bytes=self.max_message_bytes,
             delivery_timeout_s=self.delivery_timeout_s,
+            transactional_id=self.producer_transactional_id,
         )
 
-    def consumer_config(self) -> ConsumerConfig:
-        """Group membership settings, after the profile defaults."""
+    def _group_timeouts_ms(self) -> tuple[int, int]:
+        """Session timeout and heartbeat interval, after the profile defaults."""
         embedded = self.profile == "embedded"
         session = self.consumer_session_timeout_ms or (6_000 if embedded else 45_000)
         # Unless set, the heartbeat follows the session timeout (at most a tenth of it).
         heartbeat = self.consumer_heartbeat_interval_ms or min(500 if embedded else 3_000, session // 10)
+        return session, heartbeat
+
+    def consumer_config(self) -> ConsumerConfig:
+        """Group membership settings, after the profile defaults."""
+        from consumers import ConsumerConfig  # noqa: PLC0415 - see the note at the imports
+
+        session, heartbeat = self._group_timeouts_ms()
         return _build(
             ConsumerConfig,
             auto_offset_reset=self.consumer_auto_offset_reset,
@@ -146,6 +167,8 @@ class Settings(BaseSettings):
 
     def runtime_config(self, **overrides: Any) -> RuntimeConfig:
         """Dispatch, retry and shutdown settings; ``overrides`` (e.g. from the command line) win."""
+        from consumers import RuntimeConfig  # noqa: PLC0415 - see the note at the imports
+
         fields: dict[str, Any] = {
             "concurrency": self.concurrency,
             "max_attempts": self.max_attempts,
@@ -162,6 +185,8 @@ class Settings(BaseSettings):
 
     def group_settings(self) -> GroupSettings:
         """Settings of the built-in groups (SMTP, payment gateway), by the same names."""
+        from consumers import GroupSettings  # noqa: PLC0415 - see the note at the imports
+
         return _build(GroupSettings, **self._same_named(GroupSettings))
 
     def describe(self) -> dict[str, Any]:
@@ -176,9 +201,7 @@ class Settings(BaseSettings):
         values["replication_factor"] = self.replication
         values["database_url"] = _mask_url(self.database_url)
         values["redis_url"] = _mask_url(self.redis_url) if self.redis_url else None
-        consumer = self.consumer_config()
-        values["consumer_session_timeout_ms"] = consumer.session_timeout_ms
-        values["consumer_heartbeat_interval_ms"] = consumer.heartbeat_interval_ms
+        values["consumer_session_timeout_ms"], values["consumer_heartbeat_interval_ms"] = self._group_timeouts_ms()
         return values
 
 
@@ -191,20 +214,56 @@ def _mask_url(url: str) -> str:
     return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:**********@{host}"
 
 
-def _build(kind: type[_Config], **fields: Any) -> _Config:
+_PUBLISHER_SETTINGS = {
+    "acks": "producer_acks",
+    "enable_idempotence": "producer_idempotence",
+    "compression": "producer_compression",
+    "linger_ms": "producer_linger_ms",
+    "transactional_id": "producer_transactional_id",
+}
+"""PublisherConfig fields whose setting has another name."""
+
+
+def _problems(exc: ValidationError, fields: Iterable[str], setting_of: Mapping[str, str] | None = None) -> str:
+    """Each problem as ``EVENTBUS_NAME: message``.
+
+    A model-level check (several fields together) has no field of its own: it is
+    named by the settings its message mentions, so no problem ever starts with
+    an empty name.
+    """
+    setting_of = setting_of or {}
+    known = list(fields)
+
+    def variable(field: str) -> str:
+        return f"EVENTBUS_{setting_of.get(field, field).upper()}"
+
+    problems = []
+    for error in exc.errors():
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["loc"]:
+            where = variable(".".join(map(str, error["loc"])))
+        else:
+            mentioned = [field for field in known if re.search(rf"\b{re.escape(field)}\b", message)]
+            where = ", ".join(map(variable, mentioned)) or "these settings together"
+        problems.append(f"{where}: {message}")
+    return "; ".join(problems)
+
+
+def _build(kind: type[_Config], setting_of: Mapping[str, str] | None = None, **fields: Any) -> _Config:
     try:
         return kind(**fields)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        msg = f"invalid settings: {problems}"
+        msg = f"invalid settings: {_problems(exc, fields, setting_of)}"
         raise ConfigurationError(msg) from exc
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment, with ``overrides`` on top; ``ConfigurationError`` when invalid."""
+    """Settings from the environment, with ``overrides`` on top; ``ConfigurationError`` when invalid.
+
+    Example: ``load_settings(profile="embedded").connection()``
+    """
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        problems = "; ".join(f"EVENTBUS_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
-        msg = f"invalid settings: {problems}"
+        msg = f"invalid settings: {_problems(exc, Settings.model_fields)}"
         raise ConfigurationError(msg) from exc

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import TopicPartition as KafkaTopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
-
 from consumers import ConsumerGroup, group_id
-from producers import KafkaConnection, connect_with_retry, convert_kafka_error
+from producers import KafkaConnection, kafka_admin
 
 from ._reader import count_event_types, partition_ends
 
@@ -81,23 +76,11 @@ class BusStats:
 
 
 async def _committed(
-    connection: KafkaConnection, group: str, partitions: list[KafkaTopicPartition]
+    connection: KafkaConnection, group: str, partitions: list[tuple[str, int]]
 ) -> dict[tuple[str, int], int | None]:
-    admin = AIOKafkaAdminClient(**connection.client_options())
-    try:
-        await connect_with_retry(admin.start, connection, "admin")
-        # Always name the partitions: without them the embedded broker drops the connection.
-        offsets = await asyncio.wait_for(
-            admin.list_consumer_group_offsets(group, partitions=partitions), timeout=connection.request_timeout_s
-        )
-    except (KafkaError, TimeoutError) as exc:
-        raise convert_kafka_error(exc, f"reading the offsets of group {group}") from exc
-    finally:
-        await admin.close()
-    result: dict[tuple[str, int], int | None] = {}
-    for tp, meta in offsets.items():
-        result[(tp.topic, tp.partition)] = meta.offset if meta is not None and meta.offset >= 0 else None
-    return result
+    async with kafka_admin(connection, f"reading the offsets of group {group}") as admin:
+        offsets = await admin.committed_offsets(group, partitions)
+    return {tp: offsets.get(tp) for tp in partitions}
 
 
 async def collect_stats(
@@ -114,7 +97,7 @@ async def collect_stats(
     for group in groups:
         topics = {connection.topic(topic) for topic in group.topics}
         tps = sorted(tp for tp in ends if tp.topic in topics)
-        committed = await _committed(connection, group_id(connection, group), [KafkaTopicPartition(*tp) for tp in tps])
+        committed = await _committed(connection, group_id(connection, group), [(tp.topic, tp.partition) for tp in tps])
         entry = GroupLag(group.name, list(group.event_types))
         for tp in tps:
             low, high = ends[tp]

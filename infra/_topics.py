@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-
-from producers import KafkaConnection, connect_with_retry, convert_kafka_error
+from producers import KafkaAdmin, KafkaConnection, kafka_admin
 from schemas import CATALOG
+from schemas.errors import ConfigurationError
 
-__all__ = ["TOPIC_SPECS", "ApplyReport", "TopicInfo", "TopicSpec", "apply_topics", "describe_topics"]
+__all__ = [
+    "REPLAY_LOG_TOPIC",
+    "TOPIC_SPECS",
+    "ApplyReport",
+    "TopicInfo",
+    "TopicSpec",
+    "apply_topics",
+    "describe_topics",
+    "topic_drift",
+]
 
 _DAY_MS = 24 * 60 * 60 * 1000
 
@@ -32,6 +38,9 @@ class TopicSpec:
         return {"retention.ms": str(self.retention_ms), "cleanup.policy": self.cleanup_policy}
 
 
+REPLAY_LOG_TOPIC = "system-replays"
+"""The topic of ``eventbus dlq replay``'s marks (not a catalog topic: its records are JSON, not events)."""
+
 TOPIC_SPECS: tuple[TopicSpec, ...] = (
     TopicSpec("session", 6, 7 * _DAY_MS, doc="session lifecycle, keyed by session id"),
     TopicSpec("coach", 3, 7 * _DAY_MS, doc="coach status, rating and profile, keyed by coach id"),
@@ -40,10 +49,18 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
     TopicSpec("user", 3, 30 * _DAY_MS, doc="credit balance changes, keyed by user id"),
     TopicSpec("cache", 3, 1 * _DAY_MS, doc="cache invalidations, keyed by coach id"),
     TopicSpec("system", 3, 30 * _DAY_MS, doc="dead letters (system:error), keyed by consumer group"),
+    # A mark is written after its dead letter and kept as long: it never expires before the dead letter does.
+    TopicSpec(
+        REPLAY_LOG_TOPIC,
+        1,
+        30 * _DAY_MS,
+        cleanup_policy="compact,delete",
+        doc="replay marks of dead letters (JSON), keyed by the dead letter's system-topic/partition/offset",
+    ),
 )
-"""The entity topics; one per catalog entity (a test keeps the two in step)."""
+"""The entity topics, one per catalog entity (a test keeps the two in step), and the replay log."""
 
-assert {spec.name for spec in TOPIC_SPECS} == set(CATALOG.topics)  # noqa: S101 - import-time invariant
+assert {spec.name for spec in TOPIC_SPECS} == {*CATALOG.topics, REPLAY_LOG_TOPIC}  # noqa: S101 - import-time invariant
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,77 +91,88 @@ class ApplyReport:
     drift: list[str] = field(default_factory=list)
 
 
-async def _admin(connection: KafkaConnection) -> AIOKafkaAdminClient:
-    admin = AIOKafkaAdminClient(**connection.client_options())
-    try:
-        await connect_with_retry(admin.start, connection, "admin")
-    except BaseException:
-        await admin.close()
-        raise
-    return admin
+def topic_drift(spec: TopicSpec, info: TopicInfo, *, name: str, replication_factor: int) -> list[str]:
+    """How an existing topic differs from its spec: partitions, replication factor, the spec's configs.
+
+    Only the configs the spec sets are compared (a broker reports many more);
+    a config the broker did not describe is not reported.
+    Example: ``topic_drift(spec, info, name="session", replication_factor=3)``
+    """
+    drift = []
+    if info.partitions != spec.partitions:
+        drift.append(f"{name}: {info.partitions} partitions, spec says {spec.partitions}")
+    if info.replication_factor != replication_factor:
+        drift.append(f"{name}: replication factor {info.replication_factor}, settings say {replication_factor}")
+    for key, wanted in spec.configs().items():
+        actual = info.configs.get(key)
+        if actual is not None and actual != wanted:
+            drift.append(f"{name}: {key}={actual}, spec says {wanted}")
+    return drift
 
 
 async def apply_topics(
     connection: KafkaConnection, *, replication_factor: int, specs: tuple[TopicSpec, ...] = TOPIC_SPECS
 ) -> ApplyReport:
-    """Create the missing topics; report existing ones whose partition count differs.
+    """Create the missing topics; report existing ones that differ from the spec (drift).
 
-    Idempotent: applying twice creates nothing the second time. Partitions are
-    never changed on an existing topic (that would move keys between partitions).
+    Idempotent: applying twice creates nothing the second time. Existing topics
+    are never changed (more partitions would move keys between partitions);
+    partitions, replication factor and the spec's configs are compared.
+    ``ConfigurationError`` before anything is created when ``replication_factor``
+    is larger than the number of brokers (some brokers would accept it and
+    under-replicate silently).
     Example: ``await apply_topics(settings.connection(), replication_factor=1)``
     """
     report = ApplyReport()
-    admin = await _admin(connection)
-    timeout = connection.request_timeout_s
-    try:
-        existing = {info.name: info for info in await _describe(admin, timeout)}
-        missing = []
+    async with kafka_admin(connection, "applying topics") as admin:
+        brokers = await admin.broker_count()
+        if replication_factor > brokers:
+            msg = (
+                f"replication factor {replication_factor} is larger than the {brokers} broker(s) at "
+                f"{connection.bootstrap_servers}: set EVENTBUS_REPLICATION_FACTOR={max(brokers, 1)}, "
+                "or EVENTBUS_PROFILE=embedded for the embedded broker"
+            )
+            raise ConfigurationError(msg)
+        names = {connection.topic(spec.name) for spec in specs}
+        existing = {info.name: info for info in await _describe(admin, configs_of=names)}
+        missing: list[TopicSpec] = []
         for spec in specs:
             name = connection.topic(spec.name)
             info = existing.get(name)
             if info is None:
-                missing.append(NewTopic(name, spec.partitions, replication_factor, topic_configs=spec.configs()))
-            elif info.partitions != spec.partitions:
-                report.drift.append(f"{name}: {info.partitions} partitions, spec says {spec.partitions}")
+                missing.append(spec)
+            elif drift := topic_drift(spec, info, name=name, replication_factor=replication_factor):
+                report.drift += drift
             else:
                 report.existing.append(name)
-        for topic in missing:
-            try:
-                await asyncio.wait_for(admin.create_topics([topic]), timeout=timeout)
-            except TopicAlreadyExistsError:  # created meanwhile by another process
-                report.existing.append(topic.name)
-            else:
-                report.created.append(topic.name)
-    except (TimeoutError, KafkaError) as exc:
-        raise convert_kafka_error(exc, "applying topics") from exc
-    finally:
-        await admin.close()
+        for spec in missing:
+            name = connection.topic(spec.name)
+            created = await admin.create_topic(
+                name, partitions=spec.partitions, replication=replication_factor, configs=spec.configs()
+            )
+            (report.created if created else report.existing).append(name)  # existing: created meanwhile elsewhere
     return report
 
 
 async def describe_topics(connection: KafkaConnection, *, all_topics: bool = False) -> list[TopicInfo]:
-    """The topics on the broker: the catalog's (under the prefix), or every one."""
-    admin = await _admin(connection)
-    try:
-        infos = await _describe(admin, connection.request_timeout_s)
-        if not all_topics:
-            wanted = {connection.topic(spec.name) for spec in TOPIC_SPECS}
-            infos = [info for info in infos if info.name in wanted]
-        return sorted(infos, key=lambda info: info.name)
-    except (TimeoutError, KafkaError) as exc:
-        raise convert_kafka_error(exc, "describing topics") from exc
-    finally:
-        await admin.close()
+    """The topics on the broker: the spec's (under the prefix, with their configs), or every one.
+
+    Example: ``[info.name for info in await describe_topics(settings.connection())]``
+    """
+    async with kafka_admin(connection, "describing topics") as admin:
+        wanted = {connection.topic(spec.name) for spec in TOPIC_SPECS}
+        infos = await _describe(admin, configs_of=wanted)
+    if not all_topics:
+        infos = [info for info in infos if info.name in wanted]
+    return sorted(infos, key=lambda info: info.name)
 
 
-async def _describe(admin: AIOKafkaAdminClient, request_timeout_s: float) -> list[TopicInfo]:
-    names = await asyncio.wait_for(admin.list_topics(), timeout=request_timeout_s)
-    if not names:
-        return []
-    described = await asyncio.wait_for(admin.describe_topics(list(names)), timeout=request_timeout_s)
-    infos = []
-    for topic in described:
-        partitions = topic.get("partitions") or []
-        replicas = max((len(p.get("replicas") or []) for p in partitions), default=0)
-        infos.append(TopicInfo(topic["topic"], len(partitions), replicas))
-    return infos
+async def _describe(admin: KafkaAdmin, *, configs_of: set[str] | None = None) -> list[TopicInfo]:
+    """Every topic's partitions and replication factor; the configs too of those in ``configs_of``."""
+    names = sorted(await admin.topic_names())
+    described = await admin.describe_topics(names)
+    configs = await admin.topic_configs(sorted(set(names) & (configs_of or set())))
+    return [
+        TopicInfo(topic.name, len(topic.partitions), topic.replication_factor, configs.get(topic.name, {}))
+        for topic in described
+    ]

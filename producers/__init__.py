@@ -7,7 +7,9 @@ Example::
         await publisher.publish(event)
 """
 
+from ._admin import KafkaAdmin, PartitionInfo, TopicDescription, kafka_admin
 from ._config import KafkaConnection, PublisherConfig
+from ._connect import connect_with_retry, convert_kafka_error
 from ._context import (
     CauseToken,
     caused_by,
@@ -17,32 +19,33 @@ from ._context import (
     reset_cause,
     set_cause,
 )
-from ._kafka import KafkaProducerTransport, connect_with_retry, convert_kafka_error
-from ._memory import InMemoryBroker, InMemoryProducerTransport, StoredRecord
+from ._kafka import KafkaProducerTransport
 from ._partitioner import KeyPartitioner, murmur2, murmur2_partition, native_murmur2_partition
 from ._publisher import EventPublisher, PublishResult
-from ._transport import Delivery, OutgoingRecord, ProducerTransport
+from ._transport import Delivery, DoneCallback, OutgoingRecord, ProducerTransport
 
 __all__ = [
     "CauseToken",
     "Delivery",
+    "DoneCallback",
     "EventPublisher",
-    "InMemoryBroker",
-    "InMemoryProducerTransport",
+    "KafkaAdmin",
     "KafkaConnection",
     "KafkaProducerTransport",
     "KeyPartitioner",
     "OutgoingRecord",
+    "PartitionInfo",
     "ProducerTransport",
     "PublishResult",
     "PublisherConfig",
-    "StoredRecord",
+    "TopicDescription",
     "caused_by",
     "connect_with_retry",
     "convert_kafka_error",
     "correlation_scope",
     "current_causation_id",
     "current_correlation_id",
+    "kafka_admin",
     "murmur2",
     "murmur2_partition",
     "native_murmur2_partition",

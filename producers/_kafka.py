@@ -3,77 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import (
-    KafkaConnectionError,
     KafkaError,
-    KafkaTimeoutError,
-    MessageSizeTooLargeError,
-    NodeNotReadyError,
-    RequestTimedOutError,
     UnknownError,
 )
 
 from schemas.errors import (
-    BrokerError,
-    BrokerTimeoutError,
-    BrokerUnavailableError,
     ConfigurationError,
-    EventBusError,
     IdempotenceUnsupportedError,
     MessageTooLargeError,
     PublishFailedError,
-    PublishTimeoutError,
 )
 
+from ._admin import kafka_admin
 from ._config import KafkaConnection, PublisherConfig
+from ._connect import connect_with_retry, convert_kafka_error
 from ._partitioner import KeyPartitioner
 from ._transport import Delivery, DoneCallback, OutgoingRecord
 
-__all__ = ["KafkaProducerTransport", "connect_with_retry", "convert_kafka_error"]
-
-
-def convert_kafka_error(exc: BaseException, action: str, *, publishing: bool = False) -> EventBusError:
-    """Our error for an aiokafka one (keep it as ``__cause__`` with ``raise ... from exc``).
-
-    Timeouts become ``PublishTimeoutError`` when ``publishing``, else ``BrokerTimeoutError``.
-    """
-    if isinstance(exc, EventBusError):
-        return exc
-    detail = f"{action}: {type(exc).__name__}: {exc}"
-    if isinstance(exc, (KafkaTimeoutError, RequestTimedOutError, TimeoutError)):
-        return PublishTimeoutError(detail) if publishing else BrokerTimeoutError(detail)
-    if isinstance(exc, (KafkaConnectionError, NodeNotReadyError)):
-        return BrokerUnavailableError(detail)
-    if isinstance(exc, MessageSizeTooLargeError):
-        return MessageTooLargeError(-1, -1, detail)
-    if isinstance(exc, KafkaError):
-        return PublishFailedError(detail, retriable=bool(getattr(exc, "retriable", False)))
-    return BrokerError(detail, retriable=False)
-
-
-async def connect_with_retry(start: Any, connection: KafkaConnection, what: str) -> None:
-    """Await ``start()`` until it succeeds, retrying connection errors up to ``connect_timeout_s``."""
-    deadline = time.monotonic() + connection.connect_timeout_s
-    delay = 0.1
-    while True:
-        try:
-            await asyncio.wait_for(start(), timeout=max(0.1, deadline - time.monotonic()))
-        except (TimeoutError, KafkaConnectionError, NodeNotReadyError) as exc:
-            if time.monotonic() + delay >= deadline:
-                msg = (
-                    f"no broker answered at {connection.bootstrap_servers} within "
-                    f"{connection.connect_timeout_s:g} s ({what}): {exc}"
-                )
-                raise BrokerUnavailableError(msg) from exc
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
-        else:
-            return
+__all__ = ["KafkaProducerTransport"]
 
 
 class KafkaProducerTransport:
@@ -155,15 +106,8 @@ class KafkaProducerTransport:
 
     async def topic_names(self) -> set[str]:
         """Existing topics, asked with a metadata request that never auto-creates one."""
-        admin = AIOKafkaAdminClient(**self._connection.client_options())
-        try:
-            await connect_with_retry(admin.start, self._connection, "admin")
-            names = await asyncio.wait_for(admin.list_topics(), timeout=self._connection.request_timeout_s)
-        except (TimeoutError, KafkaError) as exc:
-            raise convert_kafka_error(exc, "listing topics") from exc
-        finally:
-            await admin.close()
-        return set(names)
+        async with kafka_admin(self._connection, "listing topics") as admin:
+            return await admin.topic_names()
 
     async def enqueue(self, record: OutgoingRecord) -> asyncio.Future[Delivery]:
         """Hand the record to aiokafka's accumulator; the future resolves on acknowledgement."""
@@ -199,7 +143,8 @@ class KafkaProducerTransport:
             await self._ship(tp)
             batch = self._open[tp] = _OpenBatch(producer.create_batch(), done)
             if batch.builder.append(timestamp=None, key=key, value=record.value, headers=record.headers) is None:
-                done(token, MessageTooLargeError(len(record.value), self._config.max_batch_bytes, record.topic))
+                event_type = next((v.decode(errors="replace") for k, v in record.headers if k == "event-type"), "")
+                done(token, MessageTooLargeError(len(record.value), self._config.max_batch_bytes, event_type))
                 return
         batch.tokens.append(token)
         if self._linger is None:

@@ -23,10 +23,11 @@ from typing import Any
 
 import pytest
 
+from consumers.testing import InMemoryBroker
 from infra._embedded import EmbeddedBroker
 from infra._settings import Profile, Settings
 from infra._topics import apply_topics
-from producers import EventPublisher, InMemoryBroker
+from producers import EventPublisher
 from tests.containers import ENGINE_HINT, engine_answers, start_kafka
 from tests.harness import POSTGRES_URL, new_broker
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import time
 import typing
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -23,20 +24,22 @@ from consumers import (
     ConsumerGroup,
     Database,
     GroupRunner,
-    InMemoryConsumerTransport,
     Migration,
     ProcessedEventStore,
     RuntimeConfig,
     RuntimeMetrics,
 )
+from consumers.testing import InMemoryBroker, InMemoryConsumerTransport
 from infra._topics import TOPIC_SPECS
-from producers import EventPublisher, InMemoryBroker
+from producers import EventPublisher
 
-POSTGRES_URL: Final = "postgresql://root@127.0.0.1:5432/test"
-"""The shared PostgreSQL test database (rows of other runs are there: tests isolate by unique ids)."""
+POSTGRES_URL: Final = os.environ.get("EVENTBUS_TEST_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/test")
+"""The shared PostgreSQL test database (rows of other runs are there: tests isolate by unique ids).
 
-REDIS_URL: Final = "redis://127.0.0.1:6379/0"
-"""The local Redis."""
+``infra/dev/services.sh`` creates it; ``EVENTBUS_TEST_POSTGRES_URL`` points the suite elsewhere."""
+
+REDIS_URL: Final = os.environ.get("EVENTBUS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+"""The local Redis (``EVENTBUS_TEST_REDIS_URL`` points the suite elsewhere)."""
 
 FAST: Final[Mapping[str, Any]] = {
     "backoff_initial_s": 0.01,

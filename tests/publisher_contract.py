@@ -350,6 +350,7 @@ class PublisherContract:
             assert publisher.pending == 0
             await assert_only_record_is(harness, publisher, topic_of(harness, "session:created"))
         assert info.value.limit == 1000
+        assert info.value.size is not None
         assert info.value.size > 2000
 
     @pytest.mark.parametrize("make", [unlisted_event, lambda: SessionCreatedVariant(**dict(session_event("s")))])

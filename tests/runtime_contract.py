@@ -1,7 +1,7 @@
 """The consumer runtime's behaviour suite, run unchanged on the fake and on the embedded broker.
 
 Not collected by itself: a module subclasses ``RuntimeContract`` as ``Test...`` with a ``harness`` fixture.
-Tests name the delivery invariant they prove (shared/DELIVERY-INVARIANTS.md). Invariant 2 needs a broker that
+Tests name the delivery invariant they prove (docs/delivery-invariants.md). Invariant 2 needs a broker that
 refuses dead letters mid-run: only the fake does that cheaply, so it is in tests/unit/test_runtime_memory.py.
 """
 
@@ -37,11 +37,10 @@ from consumers import (
 from producers import Delivery, EventPublisher, KafkaConnection, OutgoingRecord, murmur2_partition
 from schemas import AvroCodec, Event, FatalHandlerError, RetriableHandlerError, SessionCreated, SystemErrorEvent
 from tests.events_factory import example_event
-from tests.harness import FAST
+from tests.harness import FAST, POSTGRES_URL
 
-__all__ = ["POSTGRES_URL", "RuntimeContract", "RuntimeHarness"]
+__all__ = ["RuntimeContract", "RuntimeHarness"]
 
-POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 CODEC = AvroCodec()
 SESSION_PARTITIONS = 6
 EFFECTS_TABLE = "CREATE TABLE IF NOT EXISTS runtime_contract_effects (group_name VARCHAR(200), event_id VARCHAR(36))"

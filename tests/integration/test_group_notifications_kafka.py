@@ -16,10 +16,9 @@ from consumers.groups.notifications import MIGRATIONS, build, list_notifications
 from infra._settings import Settings
 from producers import EventPublisher
 from schemas import NotificationType, SessionCreated
+from tests.harness import POSTGRES_URL
 
 pytestmark = pytest.mark.integration
-
-POSTGRES_URL = "postgresql://root@127.0.0.1:5432/test"
 
 
 async def test_a_booking_on_kafka_notifies_the_client_and_the_coach(settings: Settings) -> None:

@@ -30,10 +30,10 @@ from infra._reader import read_all
 from infra._settings import Settings
 from producers import EventPublisher
 from schemas import PaymentFailed, PaymentProcessed, PaymentProcessRequired
+from tests.harness import POSTGRES_URL
 
 pytestmark = pytest.mark.integration
 
-POSTGRES_URL = "postgresql://root@127.0.0.1:5432/test"
 BACKLOG = 2_000
 
 

@@ -27,8 +27,9 @@ from consumers import Database
 from infra._settings import Settings
 from producers import EventPublisher
 from tests.events_factory import example_event
+from tests.harness import POSTGRES_URL
 from tests.integration.runtime_app import TABLE_DDL
-from tests.runtime_contract import POSTGRES_URL, until
+from tests.runtime_contract import until
 
 pytestmark = pytest.mark.integration
 

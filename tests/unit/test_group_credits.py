@@ -27,8 +27,9 @@ from consumers.groups.credits import (
     grant_event_id,
     ledger,
 )
+from consumers.testing import InMemoryBroker
 from infra._cli_credits import credits_group as cli
-from producers import EventPublisher, InMemoryBroker
+from producers import EventPublisher
 from schemas import AvroCodec, CreditsReason, Event, SessionCompleted, SystemErrorEvent, UserCreditsUpdated
 from schemas.errors import EventValidationError
 from tests.events_factory import example_event

@@ -34,7 +34,8 @@ from consumers.groups.payments import (
     build,
     queue_depth,
 )
-from producers import EventPublisher, InMemoryBroker
+from consumers.testing import InMemoryBroker
+from producers import EventPublisher
 from schemas import AvroCodec, Event, PaymentFailed, PaymentProcessed, PaymentProcessRequired
 from tests.harness import POSTGRES_URL, migrated_database, running_group, until
 

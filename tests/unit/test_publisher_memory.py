@@ -10,10 +10,10 @@ from uuid import uuid4
 import pytest
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
+from consumers.testing import InMemoryBroker
 from infra._topics import TOPIC_SPECS
 from producers import (
     EventPublisher,
-    InMemoryBroker,
     KafkaConnection,
     KeyPartitioner,
     PublisherConfig,

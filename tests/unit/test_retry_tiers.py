@@ -10,7 +10,8 @@ import pytest
 
 from consumers import ConsumerGroup, GroupRunner, HandlerContext, RuntimeConfig
 from consumers._failures import RETRY_HEADER_PREFIX
-from producers import EventPublisher, InMemoryBroker
+from consumers.testing import InMemoryBroker
+from producers import EventPublisher
 from schemas import AvroCodec, SessionCreated, SystemErrorEvent
 from schemas.errors import FatalHandlerError, RetriableHandlerError
 from tests.events_factory import example_event

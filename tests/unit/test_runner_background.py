@@ -7,14 +7,8 @@ import asyncio
 import pytest
 from prometheus_client import CollectorRegistry
 
-from consumers import (
-    ConsumerGroup,
-    GroupRunner,
-    HandlerContext,
-    InMemoryConsumerTransport,
-    RuntimeConfig,
-    RuntimeMetrics,
-)
+from consumers import ConsumerGroup, GroupRunner, HandlerContext, RuntimeConfig, RuntimeMetrics
+from consumers.testing import InMemoryConsumerTransport
 from producers import EventPublisher
 from schemas import SessionCreated
 from schemas.errors import EventBusError, FatalHandlerError

@@ -26,7 +26,6 @@ from consumers import (
     GroupRegistry,
     GroupRunner,
     HandlerContext,
-    InMemoryConsumerTransport,
     RuntimeConfig,
     RuntimeMetrics,
     TopicPartition,
@@ -36,8 +35,9 @@ from consumers import (
     is_retriable,
 )
 from consumers import PlainRecord as Record
+from consumers.testing import InMemoryBroker, InMemoryConsumerTransport
 from infra._settings import Settings
-from producers import Delivery, EventPublisher, InMemoryBroker, KafkaConnection, OutgoingRecord, PublisherConfig
+from producers import Delivery, EventPublisher, KafkaConnection, OutgoingRecord, PublisherConfig
 from schemas import CATALOG, AvroCodec, SessionCreated, SessionUpdated, SystemErrorEvent, errors
 from tests.events_factory import example_event
 from tests.harness import new_broker
@@ -393,7 +393,7 @@ def test_group_registers_handlers_by_model_and_pattern() -> None:
         group.add("nothing:*", noop)
 
 
-@pytest.mark.parametrize("name", ["", "has space", "slash/name", "semi;colon", "star*"])
+@pytest.mark.parametrize("name", ["", "has space", "slash/name", "semi;colon", "star*", "crédits", "\uff47roup"])
 def test_group_names_are_validated(name: str) -> None:
     with pytest.raises(errors.ConfigurationError, match="invalid group name"):
         ConsumerGroup(name)
