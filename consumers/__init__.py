@@ -10,6 +10,7 @@ Example::
 """
 
 from ._app import group_id, run_groups
+from ._backoff import backoff_delay, is_retriable
 from ._cache import Cache, MemoryCache, RedisCache, open_cache
 from ._config import ConsumerConfig, RuntimeConfig
 from ._context import FOLLOW_UP_NAMESPACE, HandlerContext, HandlerScope, follow_up_id
@@ -17,9 +18,10 @@ from ._database import Database, Migration, async_url, migrated_database
 from ._dead_letter import REPLAY_HEADER, build_dead_letter
 from ._group import BackgroundTask, ConsumerGroup, GroupRegistry, Handler
 from ._kafka import KafkaConsumerTransport
+from ._log_throttle import LogThrottle, throttle_logs
 from ._metrics import RuntimeMetrics, default_metrics
+from ._patience import BackgroundTaskError, Patience, RetryBoundExceededError, RetryPolicy
 from ._resources import GroupSettings, Resources
-from ._retry import backoff_delay, is_retriable
 from ._runner import GroupRunner
 from ._store import PROCESSED_EVENTS_MIGRATION, Effects, ProcessedEventStore
 from ._transport import ConsumedRecord, ConsumerTransport, PartitionsCallback, PlainRecord, TopicPartition
@@ -29,6 +31,7 @@ __all__ = [
     "PROCESSED_EVENTS_MIGRATION",
     "REPLAY_HEADER",
     "BackgroundTask",
+    "BackgroundTaskError",
     "Cache",
     "ConsumedRecord",
     "ConsumerConfig",
@@ -43,13 +46,17 @@ __all__ = [
     "HandlerContext",
     "HandlerScope",
     "KafkaConsumerTransport",
+    "LogThrottle",
     "MemoryCache",
     "Migration",
     "PartitionsCallback",
+    "Patience",
     "PlainRecord",
     "ProcessedEventStore",
     "RedisCache",
     "Resources",
+    "RetryBoundExceededError",
+    "RetryPolicy",
     "RuntimeConfig",
     "RuntimeMetrics",
     "TopicPartition",
@@ -63,4 +70,5 @@ __all__ = [
     "migrated_database",
     "open_cache",
     "run_groups",
+    "throttle_logs",
 ]

@@ -15,7 +15,7 @@ from producers import KafkaConnection, connect_with_retry, kafka_admin
 from schemas.errors import BrokerError, CommitFailedError
 
 from ._config import ConsumerConfig
-from ._retry import throttle_logs
+from ._log_throttle import throttle_logs
 from ._transport import ConsumedRecord, PartitionsCallback, TopicPartition
 
 __all__ = ["KafkaConsumerTransport"]

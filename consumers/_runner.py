@@ -23,12 +23,13 @@ from producers import EventPublisher, reset_cause, set_cause
 from schemas import AvroCodec, Event
 from schemas.errors import BrokerError, CommitFailedError, DecodeError, EventBusError
 
+from ._backoff import backoff_delay, is_retriable
 from ._config import RuntimeConfig
 from ._context import HandlerContext, HandlerScope
-from ._failures import FailureRouter, ParkedKeys, RetryState, retry_topic_name
+from ._failures import FailureRouter
 from ._group import ConsumerGroup, Handler
 from ._metrics import RuntimeMetrics, default_metrics
-from ._retry import backoff_delay, is_retriable
+from ._retry_tiers import ParkedKeys, RetryState, retry_topic_name
 from ._store import ProcessedEventStore
 from ._transport import ConsumedRecord, ConsumerTransport, TopicPartition
 
@@ -397,7 +398,7 @@ class GroupRunner:
             event = self._codec.decode_dict_as_event(spec, fields)
         except DecodeError as exc:
             now = datetime.now(UTC)
-            return await self._failures.dead_letter(
+            return await self._failures.dead_letters.publish(
                 record,
                 exc,
                 state=state,
@@ -417,7 +418,9 @@ class GroupRunner:
                 now = datetime.now(UTC)
                 attempts = state.attempts if state else 0
                 self._parked.park(record.key, origin, tier)
-                return await self._failures.to_tier(record, tier, state=state, attempts=attempts, first_failure=now)
+                return await self._failures.tiers.copy_to(
+                    record, tier, state=state, attempts=attempts, first_failure=now
+                )
         return await self._attempts(record, event, handler, state)
 
     async def _attempts(
@@ -466,15 +469,15 @@ class GroupRunner:
                     if not await self._pause(backoff_delay(attempt, self.config)):
                         return False
                     continue
-                tier = self._failures.next_tier(state) if retriable else None
+                tier = self._failures.tiers.next_tier(state) if retriable else None
                 if tier is not None:
                     retried.inc()
                     if self._parked is not None:
                         self._parked.park(record.key, _origin(record, state), tier)
-                    return await self._failures.to_tier(
+                    return await self._failures.tiers.copy_to(
                         record, tier, state=state, attempts=previous + attempt, first_failure=first_failure
                     )
-                done = await self._failures.dead_letter(
+                done = await self._failures.dead_letters.publish(
                     record,
                     error,
                     state=state,

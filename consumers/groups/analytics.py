@@ -29,11 +29,7 @@ from typing import Any, Literal
 from sqlalchemy import DateTime, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from consumers._context import HandlerContext
-from consumers._database import Database, Migration
-from consumers._group import ConsumerGroup
-from consumers._resources import Resources
-from consumers._retry import Patience, RetryPolicy
+from consumers import ConsumerGroup, Database, HandlerContext, Migration, Patience, Resources, RetryPolicy
 from schemas import Event, SessionCreated
 
 __all__ = [

@@ -22,11 +22,7 @@ Example::
 
 from __future__ import annotations
 
-from consumers._context import HandlerContext
-from consumers._database import Migration
-from consumers._group import ConsumerGroup
-from consumers._resources import Resources
-from consumers._retry import Patience, RetryPolicy
+from consumers import ConsumerGroup, HandlerContext, Migration, Patience, Resources, RetryPolicy
 from schemas import CacheCoachDataRefreshed, CoachProfileUpdated, CoachRatingUpdated, CoachStatusChanged
 
 __all__ = [

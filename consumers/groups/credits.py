@@ -31,11 +31,7 @@ from uuid import UUID, uuid4
 from sqlalchemy import DateTime, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from consumers._context import HandlerContext, follow_up_id
-from consumers._database import Database, Migration
-from consumers._group import ConsumerGroup
-from consumers._resources import Resources
-from consumers._retry import Patience, RetryPolicy
+from consumers import ConsumerGroup, Database, HandlerContext, Migration, Patience, Resources, RetryPolicy, follow_up_id
 from producers import EventPublisher
 from schemas import CreditsReason, SessionCompleted, UserCreditsUpdated
 from schemas.errors import EventValidationError, FatalHandlerError

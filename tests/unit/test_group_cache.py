@@ -9,10 +9,9 @@ from uuid import uuid4
 
 import pytest
 
-from consumers import ConsumerGroup, Database, RuntimeConfig, follow_up_id
+from consumers import ConsumerGroup, Database, RetryPolicy, RuntimeConfig, follow_up_id
 from consumers._cache import Cache, MemoryCache, RedisCache
 from consumers._resources import GroupSettings, Resources
-from consumers._retry import RetryPolicy
 from consumers.groups.cache import COACH_LIST_KEY, MIGRATIONS, build, coach_keys, coach_profile_key
 from consumers.testing import InMemoryBroker
 from producers import EventPublisher

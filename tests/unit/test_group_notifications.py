@@ -30,10 +30,9 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from click.testing import CliRunner
 
-from consumers import ConsumerGroup, Database, ProcessedEventStore, RuntimeConfig
+from consumers import ConsumerGroup, Database, ProcessedEventStore, RetryPolicy, RuntimeConfig
 from consumers._cache import MemoryCache
 from consumers._resources import GroupSettings, Resources
-from consumers._retry import RetryPolicy
 from consumers.groups.notifications import (
     MIGRATIONS,
     TEMPLATES_DIR,

@@ -9,7 +9,7 @@ from functools import partial
 import pytest
 
 from consumers import ConsumerGroup, GroupRunner, HandlerContext, RuntimeConfig
-from consumers._failures import RETRY_HEADER_PREFIX
+from consumers._retry_tiers import RETRY_HEADER_PREFIX
 from consumers.testing import InMemoryBroker
 from producers import EventPublisher
 from schemas import AvroCodec, SessionCreated, SystemErrorEvent

@@ -10,7 +10,7 @@ from uuid import UUID
 import aiosmtplib
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from consumers._resources import GroupSettings
+from consumers import GroupSettings
 from schemas.errors import RetriableHandlerError
 
 from ._inbox import Notification, insert_notification

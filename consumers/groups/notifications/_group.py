@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from consumers._context import HandlerContext
-from consumers._group import ConsumerGroup
-from consumers._resources import Resources
-from consumers._retry import RetryPolicy
+from consumers import ConsumerGroup, HandlerContext, Resources, RetryPolicy
 from schemas import (
     NotificationRequested,
     PaymentFailed,

@@ -11,7 +11,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from sqlalchemy import Boolean, DateTime, Integer, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from consumers._database import Database, Migration
+from consumers import Database, Migration
 from schemas import NotificationAction, NotificationType
 
 __all__ = [

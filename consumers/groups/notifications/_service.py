@@ -24,9 +24,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from uuid import UUID
 
-from consumers._context import HandlerContext
-from consumers._database import Database
-from consumers._retry import Patience, RetryPolicy
+from consumers import Database, HandlerContext, Patience, RetryPolicy
 from schemas import (
     CustomTemplate,
     NotificationRequested,

@@ -24,10 +24,17 @@ from functools import partial
 from typing import TypeVar
 from uuid import UUID
 
-from consumers._context import HandlerContext, follow_up_id
-from consumers._group import BackgroundTask, ConsumerGroup
-from consumers._resources import Resources
-from consumers._retry import BackgroundTaskError, Patience, RetryPolicy, is_retriable
+from consumers import (
+    BackgroundTask,
+    BackgroundTaskError,
+    ConsumerGroup,
+    HandlerContext,
+    Patience,
+    Resources,
+    RetryPolicy,
+    follow_up_id,
+    is_retriable,
+)
 from producers import EventPublisher
 from schemas import Event, PaymentFailed, PaymentProcessed, PaymentProcessRequired
 

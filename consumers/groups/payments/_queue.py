@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from consumers._database import Database, Migration
+from consumers import Database, Migration
 
 __all__ = [
     "ENQUEUE_SQL",

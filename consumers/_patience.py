@@ -1,11 +1,13 @@
-"""Classifying failures, spacing retries, and retrying what depends on a service that may blink.
+"""Retrying what depends on a service that may blink: the database, Redis, SMTP.
 
-``is_retriable`` and ``backoff_delay`` are the runtime's (a handler's in-place attempts).
 ``Patience`` is for the groups and their background tasks: it retries an operation whose
 failures are transient (a lock conflict, a database restart, Redis unreachable) with
 exponential backoff, logs the trouble at most once every few seconds (no traceback), and
 gives up with ``RetryBoundExceededError`` once the dependency has been failing for longer
 than a bound (or never, for a background worker that should wait as long as it runs).
+The runtime's own in-place attempts of a handler are in ``_backoff.py``.
+
+Example: ``row = await Patience("database").call(lambda: claim(db), what="claiming a payment")``
 """
 
 from __future__ import annotations
@@ -21,48 +23,13 @@ from typing import TypeVar
 
 from schemas.errors import EventBusError
 
-from ._config import RuntimeConfig
-from ._database import is_transient_database_error
+from ._backoff import is_retriable
 
-__all__ = [
-    "KAFKA_CLIENT_LOGGERS",
-    "BackgroundTaskError",
-    "LogThrottle",
-    "Patience",
-    "RetryBoundExceededError",
-    "RetryPolicy",
-    "backoff_delay",
-    "is_retriable",
-    "throttle_logs",
-]
+__all__ = ["BackgroundTaskError", "Patience", "RetryBoundExceededError", "RetryPolicy"]
 
 T = TypeVar("T")
 
 log = logging.getLogger("eventbus.retry")
-
-
-def is_retriable(exc: BaseException, extra: tuple[type[BaseException], ...] = ()) -> bool:
-    """Whether trying the handler again may succeed.
-
-    An error that says (``retriable`` attribute, as every ``EventBusError`` has)
-    is believed; otherwise timeouts, connection errors, transient database errors
-    (lock conflicts, deadlocks, serialization failures, lost connections: see
-    ``is_transient_database_error``) and the group's ``extra`` types are retriable
-    and everything else (validation, business rules, bugs) is fatal.
-    Example: ``is_retriable(TimeoutError())``
-    """
-    stated = getattr(exc, "retriable", None)
-    if isinstance(stated, bool):
-        return stated
-    return isinstance(exc, (TimeoutError, ConnectionError, *extra)) or is_transient_database_error(exc)
-
-
-def backoff_delay(attempt: int, config: RuntimeConfig, rng: random.Random | None = None) -> float:
-    """Seconds to wait after failed ``attempt`` (1-based): exponential, capped, with jitter."""
-    base = min(config.backoff_max_s, config.backoff_initial_s * config.backoff_multiplier ** (attempt - 1))
-    spread = config.backoff_jitter
-    factor = 1.0 + spread * (2.0 * (rng or random).random() - 1.0)
-    return max(0.0, base * factor)
 
 
 class RetryBoundExceededError(EventBusError):
@@ -235,63 +202,3 @@ async def _pause(seconds: float, stop: asyncio.Event | None) -> bool:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
     return not stop.is_set()
-
-
-KAFKA_CLIENT_LOGGERS = (
-    "aiokafka",
-    "aiokafka.admin.client",
-    "aiokafka.cluster",
-    "aiokafka.conn",
-    "aiokafka.consumer.consumer",
-    "aiokafka.consumer.fetcher",
-    "aiokafka.consumer.group_coordinator",
-    "aiokafka.producer.producer",
-    "aiokafka.producer.sender",
-)
-"""aiokafka's loggers: with the broker away, together they log about 200 lines a second."""
-
-
-class LogThrottle(logging.Filter):
-    """Lets the first warning or error of each kind through, then one per ``every_s`` seconds.
-
-    A kind is (logger, level, message template). The line let through after a quiet spell
-    says how many like it were held back. Info and debug lines are never held back.
-    Example: ``logging.getLogger("aiokafka").addFilter(LogThrottle(every_s=5))``
-    """
-
-    _MAX_KINDS = 1_000
-
-    def __init__(self, every_s: float = 5.0) -> None:
-        super().__init__()
-        self.every_s = every_s
-        self._kinds: dict[tuple[str, int, str], list[float]] = {}  # kind -> [next allowed time, held back]
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Whether ``record`` goes out (its message may get the count of lines held back)."""
-        if record.levelno < logging.WARNING:
-            return True
-        key = (record.name, record.levelno, str(record.msg))
-        now = time.monotonic()
-        state = self._kinds.get(key)
-        if state is not None and now < state[0]:
-            state[1] += 1
-            return False
-        if len(self._kinds) >= self._MAX_KINDS:
-            self._kinds.clear()
-        held = int(state[1]) if state is not None else 0
-        self._kinds[key] = [now + self.every_s, 0]
-        if held:
-            record.msg = f"{record.msg} ({held} more like this held back in {self.every_s:g} s)"
-        return True
-
-
-def throttle_logs(names: tuple[str, ...] = KAFKA_CLIENT_LOGGERS, every_s: float = 5.0) -> None:
-    """Put a ``LogThrottle`` on each logger in ``names`` (once: calling again changes nothing).
-
-    The runtime does it for the Kafka client, whose loggers would otherwise repeat the same
-    connection error many times a second while a broker is away. Example: ``throttle_logs()``
-    """
-    for name in names:
-        logger = logging.getLogger(name)
-        if not any(isinstance(existing, LogThrottle) for existing in logger.filters):
-            logger.addFilter(LogThrottle(every_s))
