@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from consumers import ConsumerGroup, HandlerContext, Resources, RetryPolicy
 from schemas import (
+    Event,
     NotificationRequested,
     PaymentFailed,
     PaymentProcessed,
@@ -17,6 +20,7 @@ from schemas import (
 from ._channels import EmailChannel
 from ._service import (
     NotificationService,
+    PlannedNotification,
     plan_credits_updated,
     plan_notification_requested,
     plan_payment_failed,
@@ -26,9 +30,19 @@ from ._service import (
 )
 from ._templates import TEMPLATES_DIR, load_templates
 
-__all__ = ["GROUP_NAME", "build", "build_service"]
+__all__ = ["GROUP_NAME", "PLANS", "build", "build_service"]
 
 GROUP_NAME = "notifications"
+
+PLANS: Mapping[type[Event], Callable[[Any], list[PlannedNotification]]] = {
+    SessionCreated: plan_session_created,
+    SessionCancelled: plan_session_cancelled,
+    PaymentProcessed: plan_payment_processed,
+    PaymentFailed: plan_payment_failed,
+    UserCreditsUpdated: plan_credits_updated,
+    NotificationRequested: plan_notification_requested,
+}
+"""The events the group handles, each with the function that plans its notifications (who gets which template)."""
 
 
 def build_service(
@@ -55,28 +69,8 @@ def build(
     service = build_service(resources, templates_dir=templates_dir, retry=retry)
     group = ConsumerGroup(GROUP_NAME)
 
-    @group.handler(SessionCreated)
-    async def session_created(event: SessionCreated, ctx: HandlerContext) -> None:
-        await service.notify(ctx, plan_session_created(event))
-
-    @group.handler(SessionCancelled)
-    async def session_cancelled(event: SessionCancelled, ctx: HandlerContext) -> None:
-        await service.notify(ctx, plan_session_cancelled(event))
-
-    @group.handler(PaymentProcessed)
-    async def payment_processed(event: PaymentProcessed, ctx: HandlerContext) -> None:
-        await service.notify(ctx, plan_payment_processed(event))
-
-    @group.handler(PaymentFailed)
-    async def payment_failed(event: PaymentFailed, ctx: HandlerContext) -> None:
-        await service.notify(ctx, plan_payment_failed(event))
-
-    @group.handler(UserCreditsUpdated)
-    async def credits_updated(event: UserCreditsUpdated, ctx: HandlerContext) -> None:
-        await service.notify(ctx, plan_credits_updated(event))
-
-    @group.handler(NotificationRequested)
-    async def notification_requested(event: NotificationRequested, ctx: HandlerContext) -> None:
-        await service.notify(ctx, plan_notification_requested(event))
+    @group.handler(*PLANS)
+    async def notify(event: Event, ctx: HandlerContext) -> None:
+        await service.notify(ctx, PLANS[type(event)](event))
 
     return group
