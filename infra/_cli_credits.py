@@ -26,8 +26,9 @@ def _database(settings: Settings, *, reading: bool = False) -> AbstractAsyncCont
 
 async def _grant(settings: Settings, user_id: str, amount: int, grant_id: UUID) -> int:
     config = settings.publisher_config("eventbus-cli")
-    publisher = EventPublisher(connection=settings.connection(), config=config)
-    limit = settings.connect_timeout_s + config.delivery_timeout_s + 2 * settings.request_timeout_s
+    connection = settings.connection()
+    publisher = EventPublisher(connection=connection, config=config)
+    limit = connection.connect_timeout_s + config.delivery_timeout_s + 2 * connection.request_timeout_s
     # The publisher connects first: an unreachable broker fails before the balance changes.
     async with _database(settings) as database, asyncio.timeout(limit), publisher:
         return await grant_credits(database, publisher, user_id, amount, grant_id=grant_id)

@@ -48,9 +48,10 @@ async def _publish(settings: Settings, event: Event) -> PublishResult:
     from producers import EventPublisher  # noqa: PLC0415 - the Kafka client only once the event is valid
 
     config = settings.publisher_config("eventbus-cli")
-    publisher = EventPublisher(connection=settings.connection(), config=config)
+    connection = settings.connection()
+    publisher = EventPublisher(connection=connection, config=config)
     # The publisher bounds connect and delivery itself; this outer bound is a safety net over both.
-    limit = settings.connect_timeout_s + config.delivery_timeout_s + 2 * settings.request_timeout_s
+    limit = connection.connect_timeout_s + config.delivery_timeout_s + 2 * connection.request_timeout_s
     async with asyncio.timeout(limit), publisher:
         return await publisher.publish(event)
 

@@ -128,7 +128,7 @@ class KafkaAdmin:
             if code == TopicAlreadyExistsError.errno:
                 return False
             if code != 0:
-                detail = entry[2] if len(entry) > 2 and entry[2] else for_code(code).__name__  # noqa: PLR2004 - v1+
+                detail = entry[2] if len(entry) > 2 and entry[2] else for_code(code).__name__  # v0 has no message
                 raise for_code(code)(f"creating topic {name}: {detail}")
         return True
 

@@ -49,9 +49,9 @@ _SESSION = {
 
 def env_of(settings: Settings) -> dict[str, str]:
     return {
-        "EVENTBUS_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "EVENTBUS_BOOTSTRAP_SERVERS": settings.connection().bootstrap_servers,
         "EVENTBUS_PROFILE": settings.profile,
-        "EVENTBUS_TOPIC_PREFIX": settings.topic_prefix,
+        "EVENTBUS_TOPIC_PREFIX": settings.connection().topic_prefix,
         "EVENTBUS_REPLICATION_FACTOR": str(settings.replication),
     }
 
@@ -197,7 +197,7 @@ def test_tail_shows_an_undecodable_record_and_goes_on(settings: Settings) -> Non
     topic = settings.connection().topic("session")
 
     async def garbage() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+        producer = AIOKafkaProducer(bootstrap_servers=settings.connection().bootstrap_servers)
         await producer.start()
         try:  # same key as the event below: the same partition, before it
             await producer.send_and_wait(topic, b"not an avro record", key=b"session-1042")
@@ -240,7 +240,7 @@ def test_tail_of_a_catalog_topic_missing_on_the_broker_fails_without_creating_it
     assert result.exit_code == 1
     assert "does not exist on the broker" in result.stderr
     assert history.exit_code == 1
-    assert not {name for name in topic_names(fresh) if name.startswith(fresh.topic_prefix)}
+    assert not {name for name in topic_names(fresh) if name.startswith(fresh.connection().topic_prefix)}
 
 
 def test_tail_starts_at_the_end(settings: Settings) -> None:
@@ -307,14 +307,14 @@ def test_topics_apply_refuses_a_replication_factor_over_the_broker_count_and_cre
     assert result.stderr.startswith("error: replication factor 5 is larger than the 1 broker(s)")
     assert "EVENTBUS_REPLICATION_FACTOR=1" in result.stderr
     assert "Traceback" not in result.output
-    assert not {name for name in topic_names(fresh) if name.startswith(fresh.topic_prefix)}
+    assert not {name for name in topic_names(fresh) if name.startswith(fresh.connection().topic_prefix)}
     with pytest.raises(ConfigurationError, match="larger than the 1 broker"):
         asyncio.run(apply_topics(fresh.connection(), replication_factor=5))
 
 
 def _create(settings: Settings, entity: str, *, partitions: int, replication: int, configs: dict[str, str]) -> None:
     async def go() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.connection().bootstrap_servers)
         await admin.start()
         try:
             topic = NewTopic(settings.connection().topic(entity), partitions, replication, topic_configs=configs)

@@ -207,9 +207,9 @@ def test_dlq_cli_lists_and_dry_runs_as_json(settings: Settings) -> None:
 
     asyncio.run(seed())
     env = {
-        "EVENTBUS_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "EVENTBUS_BOOTSTRAP_SERVERS": settings.connection().bootstrap_servers,
         "EVENTBUS_PROFILE": settings.profile,
-        "EVENTBUS_TOPIC_PREFIX": settings.topic_prefix,
+        "EVENTBUS_TOPIC_PREFIX": settings.connection().topic_prefix,
     }
     runner = CliRunner()
     listed = runner.invoke(main, ["dlq", "list", "--group", "cli-group", "--json"], env=env)
@@ -305,9 +305,9 @@ def test_dlq_replay_twice_sends_nothing_the_second_time_and_a_dry_run_lists_exac
 ) -> None:
     events = _seed_dead_letters(settings, "cli-replay")
     env = {
-        "EVENTBUS_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "EVENTBUS_BOOTSTRAP_SERVERS": settings.connection().bootstrap_servers,
         "EVENTBUS_PROFILE": settings.profile,
-        "EVENTBUS_TOPIC_PREFIX": settings.topic_prefix,
+        "EVENTBUS_TOPIC_PREFIX": settings.connection().topic_prefix,
     }
     runner = CliRunner()
 

@@ -126,9 +126,9 @@ async def test_booking_completion_and_coach_update_flow_through_the_three_groups
 
 def test_cli_grant_publishes_the_update_and_is_idempotent_with_a_grant_id(settings: Settings, tmp_path: Path) -> None:
     env = {
-        "EVENTBUS_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "EVENTBUS_BOOTSTRAP_SERVERS": settings.connection().bootstrap_servers,
         "EVENTBUS_PROFILE": settings.profile,
-        "EVENTBUS_TOPIC_PREFIX": settings.topic_prefix,
+        "EVENTBUS_TOPIC_PREFIX": settings.connection().topic_prefix,
         "EVENTBUS_DATABASE_URL": f"sqlite:///{tmp_path}/cli.sqlite",
     }
     user, grant_id = f"user-{uuid.uuid4().hex[:10]}", str(uuid.uuid4())

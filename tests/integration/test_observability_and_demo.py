@@ -62,9 +62,9 @@ async def test_run_serves_prometheus_metrics_and_logs_json_lines(settings: Setti
         str(port),
         cwd=ROOT,
         env=_clean_env(
-            EVENTBUS_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
+            EVENTBUS_BOOTSTRAP_SERVERS=settings.connection().bootstrap_servers,
             EVENTBUS_PROFILE="embedded",
-            EVENTBUS_TOPIC_PREFIX=settings.topic_prefix,
+            EVENTBUS_TOPIC_PREFIX=settings.connection().topic_prefix,
             EVENTBUS_DATABASE_URL=f"sqlite:///{tmp_path}/metrics.sqlite",
             EVENTBUS_TEST_GROUP=group,
         ),

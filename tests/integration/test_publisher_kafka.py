@@ -100,15 +100,15 @@ class KafkaHarness:
         return EventPublisher(connection=connection or self.connection, config=merged)
 
     async def records(self, topic: str, count: int) -> list[RawRecord]:
-        found = await asyncio.to_thread(_read, self.settings.bootstrap_servers, topic, count)
+        found = await asyncio.to_thread(_read, self.settings.connection().bootstrap_servers, topic, count)
         assert len(found) >= count, f"{topic}: {len(found)} records, expected at least {count}"
         return found
 
     async def partitions(self, topic: str) -> int:
-        return (await asyncio.to_thread(_topic_partitions, self.settings.bootstrap_servers, topic))[topic]
+        return (await asyncio.to_thread(_topic_partitions, self.settings.connection().bootstrap_servers, topic))[topic]
 
     async def topic_exists(self, topic: str) -> bool:
-        return topic in await asyncio.to_thread(_topic_partitions, self.settings.bootstrap_servers, None)
+        return topic in await asyncio.to_thread(_topic_partitions, self.settings.connection().bootstrap_servers, None)
 
     def unapplied_connection(self) -> KafkaConnection:
         return self.connection.model_copy(update={"topic_prefix": f"u{uuid4().hex[:10]}."})

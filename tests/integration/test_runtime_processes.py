@@ -74,9 +74,9 @@ class Cluster:
     def start(self) -> Member:
         env = {name: value for name, value in os.environ.items() if not name.startswith("EVENTBUS_")}
         env |= {
-            "EVENTBUS_BOOTSTRAP_SERVERS": self.settings.bootstrap_servers,
+            "EVENTBUS_BOOTSTRAP_SERVERS": self.settings.connection().bootstrap_servers,
             "EVENTBUS_PROFILE": "embedded",
-            "EVENTBUS_TOPIC_PREFIX": self.settings.topic_prefix,
+            "EVENTBUS_TOPIC_PREFIX": self.settings.connection().topic_prefix,
             "EVENTBUS_DATABASE_URL": POSTGRES_URL,
             "EVENTBUS_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S),
             "EVENTBUS_TEST_GROUP": self.group,

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import BaseModel
 
-from infra._settings import Settings, load_settings
+from consumers import ConsumerConfig, GroupSettings, RuntimeConfig
+from infra._settings import PROFILE_DEFAULTS, SETTING_FIELDS, UNSET_CONFIG_FIELDS, Settings, load_settings
+from producers import KafkaConnection, PublisherConfig
 from schemas.errors import ConfigurationError
 
 
@@ -117,3 +120,68 @@ def test_an_invalid_topic_prefix_is_refused_when_the_settings_are_loaded(monkeyp
     monkeypatch.setenv("EVENTBUS_TOPIC_PREFIX", "has space.")
     with pytest.raises(ConfigurationError, match="EVENTBUS_TOPIC_PREFIX"):
         load_settings()
+
+
+# -- every field and its default once ------------------------------------------------------------
+
+
+def _config_classes() -> dict[str, type[BaseModel]]:
+    return {
+        "connection": KafkaConnection,
+        "publisher": PublisherConfig,
+        "consumer": ConsumerConfig,
+        "runtime": RuntimeConfig,
+        "groups": GroupSettings,
+    }
+
+
+def test_every_field_of_every_config_has_exactly_one_setting() -> None:
+    for section, kind in _config_classes().items():
+        set_by = sorted(field for where, field in SETTING_FIELDS.values() if where == section)
+        settable = sorted(set(kind.model_fields) - UNSET_CONFIG_FIELDS.get(section, frozenset()))  # type: ignore[call-overload]
+        assert set_by == settable, f"{kind.__name__}: fields without a setting, or settings of no field"
+    own = {"profile", "database_url", "redis_url", "replication_factor"}
+    assert set(Settings.model_fields) == own | set(SETTING_FIELDS)
+
+
+@pytest.mark.parametrize("profile", ["kafka", "embedded"])
+def test_a_setting_left_unset_takes_the_config_default_or_the_profile_one(profile: str) -> None:
+    settings = Settings(profile=profile)
+    differing = PROFILE_DEFAULTS[profile]  # type: ignore[index]
+    consumer = settings.consumer_config()
+    assert consumer.max_poll_interval_ms == ConsumerConfig().max_poll_interval_ms
+    assert consumer.session_timeout_ms == differing["consumer_session_timeout_ms"]
+    assert settings.connection() == KafkaConnection()
+    expected_publisher = PublisherConfig(enable_idempotence=differing.get("producer_idempotence", True))
+    assert settings.publisher_config() == expected_publisher
+    assert settings.group_settings() == GroupSettings()
+    runtime = settings.runtime_config()
+    assert runtime == RuntimeConfig(retry_topic_replication=differing["replication_factor"])
+
+
+def test_the_topic_prefix_is_checked_alike_at_load_and_in_the_connection() -> None:
+    def patterns(kind: type[BaseModel]) -> list[object]:
+        return [getattr(item, "pattern", None) for item in kind.model_fields["topic_prefix"].metadata]
+
+    assert patterns(Settings) == patterns(KafkaConnection) != [None]
+
+
+def test_group_settings_such_as_the_email_domain_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVENTBUS_EMAIL_DOMAIN", "mail.example")
+    monkeypatch.setenv("EVENTBUS_GATEWAY_SEED", "42")
+    monkeypatch.setenv("EVENTBUS_CONSUMER_ISOLATION_LEVEL", "read_uncommitted")
+    settings = load_settings()
+    assert (settings.group_settings().email_domain, settings.group_settings().gateway_seed) == ("mail.example", 42)
+    assert settings.consumer_config().isolation_level == "read_uncommitted"
+
+
+def test_settings_say_where_each_value_comes_from(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVENTBUS_CONCURRENCY", "7")
+    sources = load_settings(profile="embedded", max_attempts=5).sources()
+    assert sources["concurrency"] == "environment"
+    assert sources["max_attempts"] == "given"
+    assert sources["producer_idempotence"] == "profile embedded"
+    assert sources["backoff_initial_s"] == "default"
+    described = load_settings(profile="embedded").describe()
+    assert set(sources) == set(described)
+    assert described["producer_idempotence"] is False
