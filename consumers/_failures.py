@@ -14,13 +14,13 @@ from producers import EventPublisher
 from ._acked import UntilAcked
 from ._dead_letter import DeadLetterPublisher
 from ._metrics import RuntimeMetrics
-from ._retry_tiers import RetryTiers
+from ._retry_tiers import ParkedKeys, RetryTiers
 
 __all__ = ["FailureRouter"]
 
 
 class FailureRouter:
-    """The group's retry tiers and dead letters, sharing one acknowledgement loop.
+    """The group's retry tiers (and the keys parked behind them) and dead letters, sharing one acknowledgement loop.
 
     Example: ``router.tiers.next_tier(state)``, ``await router.dead_letters.publish(record, exc, ...)``
     """
@@ -35,7 +35,10 @@ class FailureRouter:
         retry_delays_s: Sequence[float],
         pause: Callable[[float], Awaitable[bool]],
         retry_pause_s: float,
+        keep_key_order: bool = False,
     ) -> None:
         acked = UntilAcked(group, pause, retry_pause_s)
+        self.parked = ParkedKeys() if keep_key_order else None
+        """Later records of a key wait behind its record in the tiers (``RuntimeConfig.retry_keep_key_order``)."""
         self.tiers = RetryTiers(publisher=publisher, topics=retry_topics, delays_s=retry_delays_s, acked=acked)
         self.dead_letters = DeadLetterPublisher(group=group, publisher=publisher, metrics=metrics, acked=acked)

