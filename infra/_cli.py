@@ -29,7 +29,7 @@ COMMANDS: Mapping[str, tuple[str, str]] = {
         "User credit balances (EVENTBUS_DATABASE_URL; the `credits` group deducts completed sessions).",
     ),
     "demo": (
-        "infra._demo:demo",
+        "infra._cli_demo:demo",
         "The main job: the five groups on a live marketplace, then a summary that checks itself.",
     ),
     "dlq": ("infra._cli_dlq:dlq", "Dead letters: the system:error events on the system topic."),

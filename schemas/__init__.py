@@ -6,7 +6,6 @@ Example::
     data = AvroCodec().encode(SessionCreated(session_id="s1", ...))
 """
 
-from ._avro import canonical_form, fingerprint, inline_named_types
 from ._base import (
     CoachStatus,
     CreditsReason,
@@ -41,6 +40,7 @@ from ._events import (
     SystemErrorEvent,
     UserCreditsUpdated,
 )
+from ._schema_files import canonical_form, fingerprint, inline_named_types
 from .errors import (
     AuthenticationFailedError,
     BrokerError,

@@ -10,8 +10,8 @@ from typing import Any, get_args
 from pydantic import BaseModel, ValidationError
 
 from . import _events
-from ._avro import Schema, fingerprint, inline_named_types, load_event_schemas, load_named_types, parse
 from ._base import Event
+from ._schema_files import Schema, fingerprint, inline_named_types, load_event_schemas, load_named_types, parse
 from .errors import EventValidationError, UnknownEventTypeError, UnknownTopicError
 
 __all__ = ["CATALOG", "Catalog", "EventSpec", "validation_error"]

@@ -11,10 +11,10 @@ from typing import Any
 from fastavro import schemaless_reader, schemaless_writer
 from pydantic import ValidationError
 
-from ._avro import HEADER_SIZE, MAGIC, Schema, fingerprint, parse
 from ._base import Event
 from ._catalog import CATALOG, Catalog, EventSpec, validation_error
 from ._compiled import CompiledSchema, UnsupportedSchemaError, compile_schema
+from ._schema_files import HEADER_SIZE, MAGIC, Schema, fingerprint, parse
 from .errors import CorruptMessageError, EncodeError, UnknownSchemaError
 
 __all__ = ["AvroCodec", "compiled_codec", "read_fingerprint"]

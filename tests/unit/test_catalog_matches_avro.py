@@ -22,7 +22,7 @@ import pytest
 from pydantic import AwareDatetime, BaseModel
 
 from schemas import CATALOG, EventMetadata, EventSpec
-from schemas._avro import load_named_types
+from schemas._schema_files import load_named_types
 from tests.harness import unwrap_annotated
 
 AVRO_INT = (-(2**31), 2**31 - 1)
@@ -274,7 +274,7 @@ def test_catalog_holds_the_required_event_types() -> None:
 
 
 def test_every_avro_event_file_has_a_catalog_entry_and_vice_versa() -> None:
-    from schemas._avro import load_event_schemas  # noqa: PLC0415 - only this test reads the files
+    from schemas._schema_files import load_event_schemas  # noqa: PLC0415 - only this test reads the files
 
     in_files = sorted(schema["eventbus.event_type"] for schema in load_event_schemas())
     assert in_files == sorted(CATALOG.event_types)

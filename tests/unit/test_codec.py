@@ -25,7 +25,7 @@ from schemas import (
     UnknownSchemaError,
     read_fingerprint,
 )
-from schemas._avro import load_event_schemas
+from schemas._schema_files import load_event_schemas
 from tests.strategies import model_strategy
 
 SPECS = list(CATALOG)

@@ -28,9 +28,9 @@ from schemas import (
     NotificationRequested,
     SessionCreated,
 )
-from schemas._avro import MAGIC, load_event_schemas
 from schemas._codec import compiled_codec
 from schemas._compiled import CompiledSchema, UnsupportedSchemaError, compile_schema
+from schemas._schema_files import MAGIC, load_event_schemas
 from tests.events_factory import example_event
 from tests.strategies import AWARE, model_strategy
 

@@ -1,4 +1,9 @@
-"""Loading ``.avsc`` files, inlining named types and fingerprinting (pure, no I/O but file reads)."""
+"""Avro schema files: loading the ``.avsc`` files, inlining named types, canonical form and fingerprints.
+
+Pure (no I/O but file reads). Events are encoded and decoded by ``_codec.py`` (``AvroCodec``: single-object
+framing, writer schemas by fingerprint), with the per-schema functions of ``_compiled.py`` and their
+primitives in ``_wire.py``.
+"""
 
 from __future__ import annotations
 
