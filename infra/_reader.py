@@ -90,6 +90,19 @@ class ReadRecord:
         event_type = self.event_type
         return event_type is not None and fnmatch.fnmatchcase(event_type, pattern)
 
+    @property
+    def order(self) -> tuple[int, str, int, int]:
+        """Sort key of "when it happened": the event's ``occurred_at`` (microseconds), else the record timestamp.
+
+        Record timestamps have millisecond resolution, so events published in the same millisecond to
+        different partitions would otherwise come back in an arbitrary order.
+        """
+        when = self.timestamp_ms * 1000
+        if self.event is not None:
+            occurred = self.event.metadata.occurred_at
+            when = int(occurred.timestamp()) * 1_000_000 + occurred.microsecond
+        return (when, self.topic, self.partition, self.offset)
+
     def as_dict(self) -> dict[str, Any]:
         """The JSON shape of ``eventbus tail --json`` and ``history --json`` (``error`` replaces ``event``)."""
         out: dict[str, Any] = {
@@ -346,7 +359,7 @@ async def read_history(
     Each partition is read backwards from its high watermark in growing
     windows (``count`` records, then twice as many, ...) until it holds
     ``count`` matches or its start is reached; the matches are merged by
-    (timestamp, topic, partition, offset). Like the original system's
+    ``ReadRecord.order`` (when the events happened). Like the original system's
     ``getEventHistory(n)`` with its type filter.
     Example: ``await read_history(conn, 50, pattern="payment:*")``
     """
@@ -369,7 +382,7 @@ async def read_history(
                 window.done = len(window.matched) >= count or window.start <= window.low
             size *= 2
     merged = [record for window in windows.values() for record in window.matched]
-    merged.sort(key=lambda r: (r.timestamp_ms, r.topic, r.partition, r.offset))
+    merged.sort(key=lambda r: r.order)
     return merged[-count:]
 
 

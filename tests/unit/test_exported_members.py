@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGES = ["schemas", "producers", "consumers", "infra"]
+PACKAGES = ["schemas", "producers", "consumers", "consumers.testing", "infra", "infra.bus"]
 
 
 def _defined_names(module: types.ModuleType) -> set[str]:

@@ -1,0 +1,350 @@
+"""``EventBus``: the original in-process bus's API over Kafka, for services migrating from it.
+
+The original was used as ``EventBus.getInstance().publish(type, data)`` and ``subscribe(type,
+handler)`` returning an unsubscribe function, plus ``getStats()`` and ``getEventHistory(n)``.
+Here the same calls publish to the entity topics (validated, Avro, keyed by entity id) and read
+them back live through one group-less consumer shared by every subscription. Subscriptions are
+for UI-like and test uses: they see events while the bus runs, nothing is committed. Work that
+must happen once per event belongs in a consumer group (``eventbus run``).
+
+Example::
+
+    from infra.bus import EventBus
+
+    async with EventBus.connect(load_settings()) as bus:
+        unsubscribe = bus.subscribe("session:*", lambda event: print(event.event_type))
+        result = await bus.publish("session:created", {"session_id": "s-1", ...})
+        unsubscribe()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+from consumers import ConsumerGroup, group_id
+from consumers.testing import InMemoryBroker
+from producers import EventPublisher, KafkaConnection, PublisherConfig, PublishResult
+from schemas import CATALOG, AvroCodec, Event
+from schemas.errors import ConfigurationError, EventBusError
+
+from ._bus_feeds import Feed, KafkaFeed, MemoryFeed, Position, catalog_topics, matches
+from ._reader import ReadRecord
+from ._settings import Settings
+from ._stats import BusStats, GroupLag, PartitionLag, collect_stats
+
+__all__ = ["EventBus", "Handler", "Unsubscribe"]
+
+log = logging.getLogger("eventbus.bus")
+
+Handler = Callable[[Event], Awaitable[object] | object]
+"""``handler(event)``, sync or async; what it returns is ignored."""
+Unsubscribe = Callable[[], None]
+"""Stops a subscription; calling it again does nothing."""
+
+
+@dataclass(eq=False)
+class _Subscription:
+    pattern: str
+    handler: Handler
+    start: dict[Position, int]
+    """Live records below these offsets are not this subscription's (before it began, or its catch-up's)."""
+    active: bool = True
+    catching_up: bool = False
+    held: list[ReadRecord] = field(default_factory=list)
+    """Live records that arrived while the catch-up was read, delivered after it."""
+
+
+class EventBus:
+    """Publish by type and data, subscribe by type or pattern, stats and history, as the original EventBus did.
+
+    Open it with ``EventBus.connect(settings)`` (Kafka) or ``EventBus.in_memory()`` (the in-memory fake, same
+    API, for services' unit tests), then ``async with``. Example: ``await bus.publish("coach:status_changed",
+    {"coach_id": "c-1", "old_status": "online", "new_status": "busy"})``
+    """
+
+    def __init__(
+        self,
+        *,
+        publisher: EventPublisher,
+        feed: Feed,
+        stats: Callable[[int], Awaitable[BusStats]],
+        codec: AvroCodec,
+    ) -> None:
+        self._publisher = publisher
+        self._feed = feed
+        self._stats = stats
+        self._codec = codec
+        self._subscriptions: list[_Subscription] = []
+        self._published: dict[Position, int] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._catch_ups: set[asyncio.Task[None]] = set()
+        self._running = False
+
+    # -- opening -----------------------------------------------------------------------------------
+
+    @classmethod
+    def connect(
+        cls,
+        settings: Settings | None = None,
+        *,
+        service: str | None = None,
+        groups: Sequence[ConsumerGroup] = (),
+    ) -> EventBus:
+        """A bus on the Kafka cluster of ``settings`` (the environment's by default); open it with ``async with``.
+
+        ``service`` names the publishing service in every event's metadata; ``groups`` are the consumer
+        groups whose lag ``stats()`` reports.
+        """
+        settings = settings or Settings()
+        connection = settings.connection()
+        codec = AvroCodec()
+        publisher = EventPublisher(connection=connection, config=settings.publisher_config(service), codec=codec)
+
+        async def stats(subscriptions: int) -> BusStats:
+            found = await collect_stats(connection, groups)
+            found.subscription_count = subscriptions
+            return found
+
+        return cls(publisher=publisher, feed=KafkaFeed(connection, codec), stats=stats, codec=codec)
+
+    @classmethod
+    def in_memory(
+        cls,
+        broker: InMemoryBroker | None = None,
+        *,
+        service: str = "eventbus",
+        groups: Sequence[ConsumerGroup] = (),
+        partitions: int = 3,
+    ) -> EventBus:
+        """A bus on an ``InMemoryBroker`` (a new one with every catalog topic, by default): no Kafka needed.
+
+        Consumer groups can run on the same broker (``consumers.testing.InMemoryConsumerTransport``).
+        Example: ``async with EventBus.in_memory() as bus: ...``
+        """
+        broker = broker or InMemoryBroker()
+        connection = KafkaConnection()
+        topics = catalog_topics(connection)
+        for topic in topics.values():
+            broker.create_topic(topic, partitions)
+        codec = AvroCodec()
+        config = PublisherConfig(service=service, enable_idempotence=False)
+        publisher = EventPublisher(connection=connection, config=config, transport=broker.producer(), codec=codec)
+
+        async def stats(subscriptions: int) -> BusStats:
+            return _memory_stats(broker, connection, groups, subscriptions)
+
+        return cls(publisher=publisher, feed=MemoryFeed(broker, codec, topics), stats=stats, codec=codec)
+
+    async def __aenter__(self) -> Self:
+        await self._publisher.__aenter__()
+        try:
+            await self._feed.start()
+        except BaseException:
+            await self._publisher.__aexit__(None, None, None)
+            raise
+        self._running = True
+        self._task = asyncio.create_task(self._dispatch(), name="eventbus:subscriptions")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._running = False
+        for task in [*self._catch_ups, *([self._task] if self._task else [])]:
+            task.cancel()
+        for task in [*self._catch_ups, *([self._task] if self._task else [])]:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        try:
+            await self._feed.close()
+        finally:
+            await self._publisher.__aexit__(exc_type, exc, tb)
+
+    # -- publishing --------------------------------------------------------------------------------
+
+    async def publish(self, event: str | Event, data: Mapping[str, Any] | None = None) -> PublishResult:
+        """Publish ``event`` (a type and its data, as the original did, or a typed event) and wait for the ack.
+
+        The data is validated by the catalog (``EventValidationError`` names the field); metadata (event id,
+        time, service, correlation) is filled in. Returns the topic, partition, offset and event id.
+        """
+        if isinstance(event, str):
+            event = CATALOG.parse(event, data or {})
+        elif data is not None:
+            raise ConfigurationError("publish(event, data): give data only with an event type, not with an event")
+        result = await self._publisher.publish(event)
+        tp = (result.topic, result.partition)
+        self._published[tp] = max(self._published.get(tp, 0), result.offset + 1)
+        return result
+
+    # -- subscribing -------------------------------------------------------------------------------
+
+    def subscribe(self, pattern: str, handler: Handler, *, since: datetime | int | None = None) -> Unsubscribe:
+        """Call ``handler(event)`` for every event whose type matches ``pattern`` (``session:created``,
+        ``session:*``, ``*``), from now on; returns the function that stops it. "Now" is after every event this bus
+        published and every event its consumer has seen stored; an event another process is publishing at
+        this very moment may fall on either side.
+
+        ``since`` first delivers what came before, in order: the last N matching events (an int) or those
+        stored since a time (a datetime); live events wait behind that catch-up, none twice. A handler that
+        raises is logged with the event and the pattern, and the other subscriptions go on.
+        """
+        if not self._running:
+            raise ConfigurationError("subscribe: open the bus first (async with EventBus.connect(...) as bus)")
+        if not isinstance(pattern, str) or not pattern:
+            raise ConfigurationError("subscribe: the pattern is an event type or a glob such as 'session:*'")
+        if not CATALOG.matching(pattern):
+            raise ConfigurationError(f"subscribe: {pattern!r} matches no event type of the catalog")
+        start = self._feed.now()
+        for tp, end in self._published.items():  # this bus's own publishes are before "now", fetched or not
+            start[tp] = max(start.get(tp, 0), end)
+        subscription = _Subscription(pattern, handler, start, catching_up=since is not None)
+        self._subscriptions.append(subscription)
+        if since is not None:
+            task = asyncio.get_running_loop().create_task(self._catch_up(subscription, since))
+            self._catch_ups.add(task)
+            task.add_done_callback(self._catch_ups.discard)
+
+        def unsubscribe() -> None:
+            subscription.active = False
+            with contextlib.suppress(ValueError):
+                self._subscriptions.remove(subscription)
+
+        return unsubscribe
+
+    @property
+    def subscription_count(self) -> int:
+        """Live subscriptions (the original ``getStats().subscriptionCount``)."""
+        return len(self._subscriptions)
+
+    async def _catch_up(self, subscription: _Subscription, since: datetime | int) -> None:
+        count = since if isinstance(since, int) else None
+        since_ms = int(since.timestamp() * 1000) if isinstance(since, datetime) else None
+        try:
+            earlier = await self._feed.before(
+                subscription.start, count=count, since_ms=since_ms, pattern=subscription.pattern
+            )
+        except EventBusError as exc:
+            log.error("subscription %r: reading what came before failed: %s", subscription.pattern, exc)  # noqa: TRY400
+            earlier = []
+        for record in earlier:
+            if not subscription.active:
+                return
+            await self._deliver(subscription, record)
+        while subscription.held and subscription.active:
+            await self._deliver(subscription, subscription.held.pop(0))
+        subscription.catching_up = False
+
+    async def _dispatch(self) -> None:
+        reported_at = 0.0
+        while self._running:
+            try:
+                batch = await self._feed.next_batch()
+            except EventBusError as exc:
+                if time.monotonic() - reported_at > 5.0:  # a broker away: say so every few seconds, not every fetch
+                    log.warning("subscriptions: reading the topics failed, retrying: %s", exc)
+                    reported_at = time.monotonic()
+                await asyncio.sleep(1.0)
+                continue
+            for record in batch:
+                for subscription in list(self._subscriptions):
+                    if record.offset < subscription.start.get((record.topic, record.partition), 0):
+                        continue
+                    if not matches(subscription.pattern, record.event_type):
+                        continue
+                    if subscription.catching_up:
+                        subscription.held.append(record)
+                    else:
+                        await self._deliver(subscription, record)
+
+    async def _deliver(self, subscription: _Subscription, record: ReadRecord) -> None:
+        if record.event is None or not subscription.active:
+            return  # an undecodable record: the consumer groups dead-letter it; a subscription has nothing to show
+        try:
+            result = subscription.handler(record.event)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception(
+                "subscription %r: handler failed on %s %s (%s/%s@%s); the other subscriptions go on",
+                subscription.pattern,
+                record.event_type,
+                record.event_id,
+                record.topic,
+                record.partition,
+                record.offset,
+            )
+
+    async def settle(self, timeout_s: float = 10.0) -> None:
+        """Wait until every event stored so far has been delivered to the subscriptions (tests, demos).
+
+        Raises ``TimeoutError`` after ``timeout_s``. Example: ``await bus.publish(...); await bus.settle()``
+        """
+        ends = await self._feed.ends()
+        deadline = time.monotonic() + timeout_s
+        while any(self._feed.positions.get(tp, 0) < end for tp, end in ends.items()) or any(
+            s.catching_up for s in self._subscriptions
+        ):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"subscriptions did not catch up within {timeout_s:g} s")
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # let the dispatch loop finish the batch it holds
+
+    # -- stats and history -------------------------------------------------------------------------
+
+    async def stats(self) -> BusStats:
+        """The original ``getStats()``: total events, subscription count, events by type; plus lag per group.
+
+        ``.as_dict()`` has the original's keys (``totalEvents``, ``subscriptionCount``, ``eventsByType``).
+        """
+        return await self._stats(self.subscription_count)
+
+    async def history(self, limit: int = 50, *, type: str = "*") -> list[Event]:  # noqa: A002 - the original's name
+        """The last ``limit`` events whose type matches ``type`` (``session:*``), oldest first.
+
+        The original ``getEventHistory(n)``; undecodable records are left out.
+        """
+        if limit <= 0:
+            return []
+        records = await self._feed.before(await self._feed.ends(), count=limit, since_ms=None, pattern=type)
+        return [record.event for record in records if record.event is not None]
+
+
+def _memory_stats(
+    broker: InMemoryBroker, connection: KafkaConnection, groups: Sequence[ConsumerGroup], subscriptions: int
+) -> BusStats:
+    by_type: dict[str, int] = {}
+    ends: dict[Position, int] = {}
+    for entity in CATALOG.topics:
+        topic = connection.topic(entity)
+        for partition, log in enumerate(broker.topics.get(topic, [])):
+            ends[(topic, partition)] = broker.stable_end(log)
+            for record in log:
+                if broker.readable(record):
+                    kind = next((v.decode() for k, v in record.headers if k == "event-type"), "unknown")
+                    by_type[kind] = by_type.get(kind, 0) + 1
+    lags = []
+    for group in groups:
+        committed = broker.group_offsets.get(group_id(connection, group), {})
+        entry = GroupLag(group.name, list(group.event_types))
+        for (topic, partition), end in sorted(ends.items()):
+            if topic in {connection.topic(t) for t in group.topics}:
+                offset = committed.get((topic, partition))
+                lag = max(0, end - (offset or 0))
+                entry.partitions.append(PartitionLag(topic, partition, offset, end, lag))
+        lags.append(entry)
+    return BusStats(
+        total_events=sum(by_type.values()),
+        subscription_count=subscriptions,
+        events_by_type=dict(sorted(by_type.items())),
+        groups=lags,
+    )
