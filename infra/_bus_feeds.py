@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
-from collections.abc import Mapping
+import heapq
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -23,6 +24,7 @@ from producers import KafkaConnection, convert_kafka_error
 from schemas import CATALOG, AvroCodec
 from schemas.errors import DecodeError
 
+from ._bus_cursor import CursorExpiredError, InvalidCursorError
 from ._reader import (
     ReadRecord,
     _assigned,
@@ -34,7 +36,7 @@ from ._reader import (
     read_history,
 )
 
-__all__ = ["Feed", "KafkaFeed", "MemoryFeed", "Position", "catalog_topics", "matches"]
+__all__ = ["Feed", "KafkaFeed", "MemoryFeed", "Position", "catalog_topics", "in_time_order", "matches"]
 
 Position = tuple[str, int]
 """(topic, partition)."""
@@ -62,9 +64,21 @@ class Feed(Protocol):
         """The records after ``positions`` (waiting briefly when there are none); advances ``positions``."""
 
     async def before(
-        self, until: Mapping[Position, int], *, count: int | None, since_ms: int | None, pattern: str
+        self,
+        until: Mapping[Position, int],
+        *,
+        patterns: Sequence[str],
+        count: int | None = None,
+        since_ms: int | None = None,
+        after: Mapping[Position, int] | None = None,
     ) -> list[ReadRecord]:
-        """Matching records below ``until``: the last ``count``, or those stored at or after ``since_ms``."""
+        """Records below ``until`` in time order (each partition in offset order): the last ``count`` matching
+        ``patterns``, those stored at or after ``since_ms`` (matching), or every record from ``after`` on
+        (all of them: the caller advances its cursor past the ones it does not deliver)."""
+
+    async def check_held(self, positions: Mapping[Position, int]) -> None:
+        """``CursorExpiredError`` when a position is below what its partition still holds; ``InvalidCursorError``
+        for a partition that is not one of the entity topics'."""
 
     async def ends(self) -> dict[Position, int]:
         """Every partition's current end offset."""
@@ -126,36 +140,52 @@ class KafkaFeed:
         return out
 
     async def before(
-        self, until: Mapping[Position, int], *, count: int | None, since_ms: int | None, pattern: str
+        self,
+        until: Mapping[Position, int],
+        *,
+        patterns: Sequence[str],
+        count: int | None = None,
+        since_ms: int | None = None,
+        after: Mapping[Position, int] | None = None,
     ) -> list[ReadRecord]:
-        """History below ``until``: ``read_history`` for a count, ``offsets_for_times`` then a range read for a time."""
+        """History below ``until``: ``read_history`` for a count, range reads for a time or a cursor."""
         if count is not None:
+            (pattern,) = patterns
             # records stored after ``until`` are read too, then dropped: ask for that many more
             slack = _slack(until, await self.ends())
             records = await read_history(self._connection, count + slack, pattern=pattern)
             kept = [r for r in records if r.offset < until.get((r.topic, r.partition), 0)]
             return kept[-count:]
-        assert since_ms is not None  # noqa: S101 - one of the two is given
         async with _assigned(self._connection, None) as (consumer, partitions):
             timeout = self._connection.request_timeout_s
-            try:
-                found = await asyncio.wait_for(
-                    consumer.offsets_for_times(dict.fromkeys(partitions, since_ms)), timeout=timeout
-                )
-            except (KafkaError, TimeoutError) as exc:
-                raise convert_kafka_error(exc, "finding offsets by time") from exc
+            if after is not None:
+                starts = {tp: after.get((tp.topic, tp.partition), 0) for tp in partitions}
+            else:
+                try:
+                    found = await asyncio.wait_for(
+                        consumer.offsets_for_times(dict.fromkeys(partitions, since_ms)), timeout=timeout
+                    )
+                except (KafkaError, TimeoutError) as exc:
+                    raise convert_kafka_error(exc, "finding offsets by time") from exc
+                starts = {tp: found[tp].offset for tp in partitions if found.get(tp) is not None}
             ranges = {}
             for tp in partitions:
                 end = until.get((tp.topic, tp.partition), 0)
-                start = found[tp].offset if found.get(tp) is not None else end
+                start = starts.get(tp, end)
                 if start < end:
                     ranges[tp] = (start, end)
             read = await _read_ranges(consumer, ranges, partitions, timeout) if ranges else {}
         records = [_decode(self._codec, raw) for tp in sorted(read) for raw in read[tp]]
-        # a broker may answer a time with an earlier offset (a batch's first): the timestamps decide
-        records = [r for r in records if r.matches(pattern) and r.timestamp_ms >= since_ms]
-        records.sort(key=lambda r: r.order)
-        return records
+        if after is None:
+            # a broker may answer a time with an earlier offset (a batch's first): the timestamps decide
+            records = [r for r in records if _matches_any(patterns, r) and r.timestamp_ms >= (since_ms or 0)]
+        return in_time_order(records)
+
+    async def check_held(self, positions: Mapping[Position, int]) -> None:
+        """Compare with each partition's first offset still held (``partition_ends``)."""
+        held = await partition_ends(self._connection)
+        known = {(tp.topic, tp.partition): low for tp, (low, _) in held.items()}
+        _check_positions(positions, known)
 
     async def ends(self) -> dict[Position, int]:
         """High watermarks of every partition."""
@@ -212,18 +242,29 @@ class MemoryFeed:
         return out
 
     async def before(
-        self, until: Mapping[Position, int], *, count: int | None, since_ms: int | None, pattern: str
+        self,
+        until: Mapping[Position, int],
+        *,
+        patterns: Sequence[str],
+        count: int | None = None,
+        since_ms: int | None = None,
+        after: Mapping[Position, int] | None = None,
     ) -> list[ReadRecord]:
-        """Matching records below ``until`` (the last ``count``, or those stored at or after ``since_ms``)."""
+        """Records below ``until``, as ``Feed.before`` says (the fake keeps every record: none ever expires)."""
         records = [
             self._read(tp, stored)
             for tp, log in self._logs()
-            for stored in log[: until.get(tp, 0)]
+            for stored in log[(after or {}).get(tp, 0) : until.get(tp, 0)]
             if self._broker.readable(stored) and (since_ms is None or stored.timestamp_ms >= since_ms)
         ]
-        records = [r for r in records if r.matches(pattern)]
-        records.sort(key=lambda r: r.order)
+        if after is None:
+            records = [r for r in records if _matches_any(patterns, r)]
+        records = in_time_order(records)
         return records[-count:] if count is not None else records
+
+    async def check_held(self, positions: Mapping[Position, int]) -> None:
+        """Every partition holds everything from offset 0."""
+        _check_positions(positions, {tp: 0 for tp, _ in self._logs()})
 
     async def ends(self) -> dict[Position, int]:
         """The stable end of every partition."""
@@ -237,6 +278,31 @@ def _decode_stored(codec: AvroCodec, tp: Position, stored: StoredRecord) -> Read
     except DecodeError as exc:  # kept on the record, never raised
         return ReadRecord(*place, error=exc)
     return ReadRecord(*place, event=event)
+
+
+def in_time_order(records: Iterable[ReadRecord]) -> list[ReadRecord]:
+    """Records merged by when they happened (``ReadRecord.order``), each partition's kept in offset order.
+
+    A cursor moves forward per partition, so a partition's records must never be delivered out of order.
+    """
+    by_partition: dict[Position, list[ReadRecord]] = {}
+    for record in records:
+        by_partition.setdefault((record.topic, record.partition), []).append(record)
+    runs = [sorted(run, key=lambda r: r.offset) for run in by_partition.values()]
+    return list(heapq.merge(*runs, key=lambda r: r.order))
+
+
+def _matches_any(patterns: Sequence[str], record: ReadRecord) -> bool:
+    return any(matches(pattern, record.event_type) for pattern in patterns)
+
+
+def _check_positions(positions: Mapping[Position, int], first_held: Mapping[Position, int]) -> None:
+    for tp, offset in positions.items():
+        if tp not in first_held:
+            raise InvalidCursorError(f"the resume token names {tp[0]}/{tp[1]}, which is not an entity topic here")
+        if offset < first_held[tp]:
+            msg = f"{tp[0]}/{tp[1]} no longer holds offset {offset} (it starts at {first_held[tp]}): start again"
+            raise CursorExpiredError(msg)
 
 
 def catalog_topics(connection: KafkaConnection) -> dict[str, str]:

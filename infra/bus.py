@@ -24,9 +24,11 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from types import TracebackType
 from typing import Any, Self
 
@@ -36,12 +38,21 @@ from producers import EventPublisher, KafkaConnection, PublisherConfig, PublishR
 from schemas import CATALOG, AvroCodec, Event
 from schemas.errors import ConfigurationError, EventBusError
 
+from ._bus_cursor import CursorExpiredError, InvalidCursorError, SlowConsumerError, decode_cursor, encode_cursor
 from ._bus_feeds import Feed, KafkaFeed, MemoryFeed, Position, catalog_topics, matches
 from ._reader import ReadRecord
 from ._settings import Settings
 from ._stats import BusStats, GroupLag, PartitionLag, collect_stats
 
-__all__ = ["EventBus", "Handler", "Unsubscribe"]
+__all__ = [
+    "CursorExpiredError",
+    "Delivered",
+    "EventBus",
+    "Handler",
+    "InvalidCursorError",
+    "SlowConsumerError",
+    "Unsubscribe",
+]
 
 log = logging.getLogger("eventbus.bus")
 
@@ -53,14 +64,42 @@ Unsubscribe = Callable[[], None]
 
 @dataclass(eq=False)
 class _Subscription:
-    pattern: str
-    handler: Handler
+    patterns: tuple[str, ...]
+    deliver: Callable[[ReadRecord, Event], Awaitable[None]]
     start: dict[Position, int]
     """Live records below these offsets are not this subscription's (before it began, or its catch-up's)."""
+    where: Callable[[Event], bool] | None = None
+    cursor: dict[Position, int] | None = None
+    """For streams: the next offset per partition once the last delivered record is behind (the resume token)."""
     active: bool = True
     catching_up: bool = False
     held: list[ReadRecord] = field(default_factory=list)
     """Live records that arrived while the catch-up was read, delivered after it."""
+
+    def wants(self, record: ReadRecord) -> bool:
+        """Whether the record is this subscription's: its type matches, and ``where`` accepts the event."""
+        event = record.event
+        if event is None or not any(matches(pattern, event.event_type) for pattern in self.patterns):
+            return False
+        return self.where is None or self.where(event)
+
+    @property
+    def name(self) -> str:
+        return ",".join(self.patterns)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """An event a stream delivers, where it is stored, and the token that resumes right after it.
+
+    Example: ``async for item in events: send(id=item.cursor, data=item.event.model_dump_json())``
+    """
+
+    event: Event
+    topic: str
+    partition: int
+    offset: int
+    cursor: str
 
 
 class EventBus:
@@ -198,50 +237,135 @@ class EventBus:
         stored since a time (a datetime); live events wait behind that catch-up, none twice. A handler that
         raises is logged with the event and the pattern, and the other subscriptions go on.
         """
+
+        async def call(record: ReadRecord, event: Event) -> None:
+            try:
+                result = handler(event)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception(
+                    "subscription %r: handler failed on %s %s (%s/%s@%s); the other subscriptions go on",
+                    pattern,
+                    event.event_type,
+                    event.event_id,
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                )
+
+        subscription = self._add((pattern,), call, catch_up=since)
+        return partial(self._remove, subscription)
+
+    def _add(
+        self,
+        patterns: Sequence[str],
+        deliver: Callable[[ReadRecord, Event], Awaitable[None]],
+        *,
+        catch_up: datetime | int | Mapping[Position, int] | None,
+        where: Callable[[Event], bool] | None = None,
+        track: bool = False,
+    ) -> _Subscription:
         if not self._running:
             raise ConfigurationError("subscribe: open the bus first (async with EventBus.connect(...) as bus)")
-        if not isinstance(pattern, str) or not pattern:
-            raise ConfigurationError("subscribe: the pattern is an event type or a glob such as 'session:*'")
-        if not CATALOG.matching(pattern):
-            raise ConfigurationError(f"subscribe: {pattern!r} matches no event type of the catalog")
+        for pattern in patterns:
+            if not isinstance(pattern, str) or not pattern:
+                raise ConfigurationError("subscribe: a pattern is an event type or a glob such as 'session:*'")
+            if not CATALOG.matching(pattern):
+                raise ConfigurationError(f"subscribe: {pattern!r} matches no event type of the catalog")
         start = self._feed.now()
         for tp, end in self._published.items():  # this bus's own publishes are before "now", fetched or not
             start[tp] = max(start.get(tp, 0), end)
-        subscription = _Subscription(pattern, handler, start, catching_up=since is not None)
+        cursor = None
+        if track:
+            cursor = dict(start) if not isinstance(catch_up, Mapping) else {**start, **catch_up}
+        subscription = _Subscription(
+            tuple(patterns), deliver, start, where=where, cursor=cursor, catching_up=catch_up is not None
+        )
         self._subscriptions.append(subscription)
-        if since is not None:
-            task = asyncio.get_running_loop().create_task(self._catch_up(subscription, since))
+        if catch_up is not None:
+            task = asyncio.get_running_loop().create_task(self._catch_up(subscription, catch_up))
             self._catch_ups.add(task)
             task.add_done_callback(self._catch_ups.discard)
+        return subscription
 
-        def unsubscribe() -> None:
-            subscription.active = False
-            with contextlib.suppress(ValueError):
-                self._subscriptions.remove(subscription)
+    def _remove(self, subscription: _Subscription) -> None:
+        subscription.active = False
+        with contextlib.suppress(ValueError):
+            self._subscriptions.remove(subscription)
 
-        return unsubscribe
+    @asynccontextmanager
+    async def stream(
+        self,
+        patterns: Sequence[str],
+        *,
+        after: str | None = None,
+        where: Callable[[Event], bool] | None = None,
+        max_queue: int = 1_000,
+    ) -> AsyncIterator[AsyncIterator[Delivered]]:
+        """The events matching any of ``patterns`` (and ``where``), as an async iterator, from now or ``after``.
+
+        Each ``Delivered`` carries a ``cursor``: passed back as ``after`` (for example from an SSE
+        ``Last-Event-ID``), the stream resumes right after that event in every partition, none twice, none
+        missed while the topics still hold them. ``InvalidCursorError`` for a token that is not ours,
+        ``CursorExpiredError`` when retention removed records it points at. A reader more than
+        ``max_queue`` events behind gets ``SlowConsumerError`` from the iterator: it never slows the others.
+        Example: ``async with bus.stream(["session:*"]) as events: async for item in events: ...``
+        """
+        positions = decode_cursor(after) if after is not None else None
+        if positions is not None:
+            await self._feed.check_held(positions)
+        queue: asyncio.Queue[Delivered | None] = asyncio.Queue()
+        state = {"overflow": False}
+
+        async def deliver(record: ReadRecord, event: Event) -> None:
+            if state["overflow"]:
+                return
+            assert subscription.cursor is not None  # noqa: S101 - a tracked subscription
+            if queue.qsize() >= max_queue:
+                state["overflow"] = True
+                self._remove(subscription)
+                queue.put_nowait(None)
+                return
+            cursor = encode_cursor(subscription.cursor)
+            queue.put_nowait(Delivered(event, record.topic, record.partition, record.offset, cursor))
+
+        subscription = self._add(patterns, deliver, catch_up=positions, where=where, track=True)
+
+        async def iterate() -> AsyncIterator[Delivered]:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    raise SlowConsumerError(f"the reader fell more than {max_queue} events behind; stream closed")
+                yield item
+
+        try:
+            yield iterate()
+        finally:
+            self._remove(subscription)
 
     @property
     def subscription_count(self) -> int:
         """Live subscriptions (the original ``getStats().subscriptionCount``)."""
         return len(self._subscriptions)
 
-    async def _catch_up(self, subscription: _Subscription, since: datetime | int) -> None:
+    async def _catch_up(self, subscription: _Subscription, since: datetime | int | Mapping[Position, int]) -> None:
         count = since if isinstance(since, int) else None
         since_ms = int(since.timestamp() * 1000) if isinstance(since, datetime) else None
+        after = since if isinstance(since, Mapping) else None
         try:
             earlier = await self._feed.before(
-                subscription.start, count=count, since_ms=since_ms, pattern=subscription.pattern
+                subscription.start, count=count, since_ms=since_ms, after=after, patterns=subscription.patterns
             )
         except EventBusError as exc:
-            log.error("subscription %r: reading what came before failed: %s", subscription.pattern, exc)  # noqa: TRY400
+            log.error("subscription %r: reading what came before failed: %s", subscription.name, exc)  # noqa: TRY400
             earlier = []
         for record in earlier:
             if not subscription.active:
                 return
-            await self._deliver(subscription, record)
+            await self._offer(subscription, record)
         while subscription.held and subscription.active:
-            await self._deliver(subscription, subscription.held.pop(0))
+            await self._offer(subscription, subscription.held.pop(0))
         subscription.catching_up = False
 
     async def _dispatch(self) -> None:
@@ -256,33 +380,24 @@ class EventBus:
                 await asyncio.sleep(1.0)
                 continue
             for record in batch:
+                tp = (record.topic, record.partition)
                 for subscription in list(self._subscriptions):
-                    if record.offset < subscription.start.get((record.topic, record.partition), 0):
-                        continue
-                    if not matches(subscription.pattern, record.event_type):
+                    if record.offset < subscription.start.get(tp, 0):
                         continue
                     if subscription.catching_up:
                         subscription.held.append(record)
                     else:
-                        await self._deliver(subscription, record)
+                        await self._offer(subscription, record)
 
-    async def _deliver(self, subscription: _Subscription, record: ReadRecord) -> None:
-        if record.event is None or not subscription.active:
-            return  # an undecodable record: the consumer groups dead-letter it; a subscription has nothing to show
-        try:
-            result = subscription.handler(record.event)
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            log.exception(
-                "subscription %r: handler failed on %s %s (%s/%s@%s); the other subscriptions go on",
-                subscription.pattern,
-                record.event_type,
-                record.event_id,
-                record.topic,
-                record.partition,
-                record.offset,
-            )
+    async def _offer(self, subscription: _Subscription, record: ReadRecord) -> None:
+        """Advance the subscription's cursor past ``record``; deliver it when it is the subscription's."""
+        if not subscription.active:
+            return
+        if subscription.cursor is not None:
+            tp = (record.topic, record.partition)
+            subscription.cursor[tp] = max(subscription.cursor.get(tp, 0), record.offset + 1)
+        if record.event is not None and subscription.wants(record):
+            await subscription.deliver(record, record.event)
 
     async def settle(self, timeout_s: float = 10.0) -> None:
         """Wait until every event stored so far has been delivered to the subscriptions (tests, demos).
@@ -315,7 +430,7 @@ class EventBus:
         """
         if limit <= 0:
             return []
-        records = await self._feed.before(await self._feed.ends(), count=limit, since_ms=None, pattern=type)
+        records = await self._feed.before(await self._feed.ends(), count=limit, since_ms=None, patterns=(type,))
         return [record.event for record in records if record.event is not None]
 
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from infra.bus import EventBus
+from infra._bus_cursor import encode_cursor
+from infra.bus import Delivered, EventBus, InvalidCursorError, SlowConsumerError
 from schemas import CoachStatusChanged, Event, SessionCreated
 from schemas.errors import ConfigurationError, EventValidationError
 from tests.conftest import make_settings
@@ -176,3 +177,61 @@ async def test_history_is_the_original_get_event_history_with_a_type_filter(bus:
 async def test_subscribing_to_a_pattern_that_matches_nothing_is_refused(bus: EventBus) -> None:
     with pytest.raises(ConfigurationError, match="matches no event type"):
         bus.subscribe("sesion:*", lambda event: None)
+
+
+# -- streams: what the gateway serves, resumable by cursor ------------------------------------------
+
+
+async def _take(events: AsyncIterator[Delivered], count: int) -> list[Delivered]:
+    got: list[Delivered] = []
+    async with asyncio.timeout(20):
+        async for item in events:
+            got.append(item)
+            if len(got) == count:
+                break
+    return got
+
+
+async def test_a_stream_resumed_from_a_cursor_misses_nothing_and_repeats_nothing(bus: EventBus) -> None:
+    mine = {"coach_id": "c-mine"}
+    async with bus.stream(
+        ["coach:*", "session:created"], where=lambda e: getattr(e, "coach_id", "") == "c-mine"
+    ) as events:
+        first = [await bus.publish("coach:status_changed", status("c-mine")) for _ in range(2)]
+        await bus.publish("coach:status_changed", status("c-other"))  # not this reader's
+        got = await _take(events, 2)
+    assert [item.event.event_id for item in got] == [r.event_id for r in first]
+    assert all(getattr(item.event, "coach_id", None) == mine["coach_id"] for item in got)
+
+    # while nobody reads: more events, some of them this reader's
+    missed = [
+        await bus.publish("session:created", {**booking(), "coach_id": "c-mine"}),
+        await bus.publish("coach:status_changed", status("c-other")),
+        await bus.publish("coach:status_changed", status("c-mine")),
+    ]
+    async with bus.stream(
+        ["coach:*", "session:created"], after=got[0].cursor, where=lambda e: getattr(e, "coach_id", "") == "c-mine"
+    ) as events:
+        live = await bus.publish("coach:status_changed", status("c-mine"))
+        resumed = await _take(events, 4)
+    expected = [first[1].event_id, missed[0].event_id, missed[2].event_id, live.event_id]
+    assert sorted(str(item.event.event_id) for item in resumed) == sorted(str(i) for i in expected)
+    assert len({item.event.event_id for item in resumed}) == 4
+
+
+async def test_a_cursor_that_is_not_ours_is_refused(bus: EventBus) -> None:
+    for token in ("", "v1.", "v1.not-base64!", "v0.abc", encode_cursor({("no-such-topic", 0): 1})):
+        with pytest.raises(InvalidCursorError):
+            async with bus.stream(["*"], after=token):
+                pass
+
+
+async def test_a_reader_that_falls_behind_is_closed_and_never_slows_the_others(bus: EventBus) -> None:
+    fast: list[Event] = []
+    bus.subscribe("coach:*", fast.append)
+    async with bus.stream(["coach:*"], max_queue=3) as events:
+        for _ in range(6):
+            await bus.publish("coach:status_changed", status())
+        await until(lambda: len(fast) == 6, "the other subscription's six events")
+        with pytest.raises(SlowConsumerError):
+            await _take(events, 6)
