@@ -53,6 +53,10 @@ PREPARE = "SDK prepare() only (no I/O)"
 PREPARE_RAW = "SDK prepare() + aiokafka send() (diagnostic)"
 SDK_SEND = "SDK send() + flush()"
 SDK_MANY = "SDK publish_many(1000)"
+SDK_AWAIT = "SDK await publish() x 256 tasks"
+RAW_AWAIT = "aiokafka send_and_wait() x 256 tasks"
+TASKS = 256
+"""Concurrent publishers of the awaited variants: a web service with that many requests in flight."""
 FS_SINGLE = "FastStream publish(no_confirm)"
 FS_BATCH = "FastStream publish_batch()"
 RDK_RAW = "librdkafka produce() pre-encoded"
@@ -204,6 +208,35 @@ class PublishBench:
     async def sdk_rdk(self, prefix: str) -> float:
         return await self.sdk_send(prefix, librdkafka=True)
 
+    async def _in_tasks(self, publish_one: Callable[[int], Awaitable[object]]) -> float:
+        """``publish_one(i)`` for every event, from ``TASKS`` tasks each awaiting its own calls in turn."""
+
+        async def worker(first: int) -> None:
+            for i in range(first, len(self.events), TASKS):
+                await publish_one(i)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(n) for n in range(TASKS)))
+        return time.perf_counter() - started
+
+    async def sdk_await(self, prefix: str) -> float:
+        async with self._publisher(prefix) as publisher:
+            return await self._in_tasks(lambda i: publisher.publish(self.events[i]))
+
+    async def raw_await(self, prefix: str) -> float:
+        producer = AIOKafkaProducer(**raw_producer_options(self.settings))
+        await producer.start()
+        topic = f"{prefix}session"
+        try:
+
+            async def one(i: int) -> object:
+                key, value, headers = self.records[i]
+                return await producer.send_and_wait(topic, value, key=key, headers=headers)
+
+            return await self._in_tasks(one)
+        finally:
+            await producer.stop()
+
     async def sdk_many(self, prefix: str) -> float:
         async with self._publisher(prefix) as publisher:
             started = time.perf_counter()
@@ -273,6 +306,9 @@ def report(samples: dict[str, list[Sample]], bench: PublishBench, rounds: int) -
         ratios[f"{sdk} / {FS_SINGLE}"] = per_round_ratio(samples, sdk, FS_SINGLE)
         ratios[f"{sdk} / {FS_BATCH}"] = per_round_ratio(samples, sdk, FS_BATCH)
         ratios[f"{sdk} / {RAW_SEND}"] = per_round_ratio(samples, sdk, RAW_SEND)
+    ratios[f"{SDK_AWAIT} / {SDK_SEND}"] = per_round_ratio(samples, SDK_AWAIT, SDK_SEND)
+    ratios[f"{SDK_AWAIT} / {RAW_AWAIT}"] = per_round_ratio(samples, SDK_AWAIT, RAW_AWAIT)
+    ratios[f"{SDK_MANY} / {SDK_SEND}"] = per_round_ratio(samples, SDK_MANY, SDK_SEND)
     # The SDK's Python work per event with no I/O at all, against FastStream's whole batch publish: below
     # 1.3 no transport can bring the SDK to 1.3x FastStream's batch publish.
     ratios[f"{PREPARE} / {FS_BATCH}"] = per_round_ratio(samples, PREPARE, FS_BATCH)
@@ -314,6 +350,8 @@ async def run(events: int, rounds: int, *, librdkafka: bool = True) -> dict[str,
             (PREPARE_RAW, lambda: bench.io_variant("prep", bench.prepare_raw)),
             (SDK_SEND, lambda: bench.io_variant("sdk", bench.sdk_send)),
             (SDK_MANY, lambda: bench.io_variant("sdkm", bench.sdk_many)),
+            (SDK_AWAIT, lambda: bench.io_variant("sdka", bench.sdk_await)),
+            (RAW_AWAIT, lambda: bench.io_variant("rawa", bench.raw_await)),
             (FS_SINGLE, lambda: bench.io_variant("fs", bench.fs_single)),
             (FS_BATCH, lambda: bench.io_variant("fsb", bench.fs_batch)),
         ]

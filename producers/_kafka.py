@@ -42,6 +42,7 @@ class KafkaProducerTransport:
         self._round_robin = 0
         self._partitioner = KeyPartitioner()
         self._linger: asyncio.TimerHandle | None = None
+        self._soon: asyncio.Handle | None = None
         self._shipping: set[asyncio.Task[None]] = set()
         self._ship_lock = asyncio.Lock()
 
@@ -110,21 +111,29 @@ class KafkaProducerTransport:
             return await admin.topic_names()
 
     async def enqueue(self, record: OutgoingRecord) -> asyncio.Future[Delivery]:
-        """Hand the record to aiokafka's accumulator; the future resolves on acknowledgement."""
-        producer = self._running()
-        try:
-            sent = await producer.send(record.topic, record.value, key=record.key, headers=record.headers)
-        except KafkaError as exc:
-            raise convert_kafka_error(exc, f"sending to {record.topic}", publishing=True) from exc
-        result: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
-        sent.add_done_callback(lambda done: _settle(done, result, record.topic))
-        return result
+        """Add the record to its partition's open batch, as ``append`` does; the future resolves on its ack.
+
+        Awaited records do not wait for the linger: the open batches ship on the event loop's next turn,
+        so what concurrent callers add in the same turn travels in one batch per partition, and a lone
+        publish leaves at once. Its offset is the batch's base offset plus its place in the batch.
+        """
+        future: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
+        await self._add(record, future, None)
+        if self._soon is None:
+            self._soon = asyncio.get_running_loop().call_soon(self._ship_soon)
+        return future
 
     async def append(self, record: OutgoingRecord, token: object, done: DoneCallback) -> None:
         """Add the record to its partition's open batch; full batches ship at once, others after ``linger_ms``.
 
         The partition is the Java client's: murmur2 of the key (round robin without a key).
         """
+        await self._add(record, token, done)
+        if self._linger is None:
+            self._linger = asyncio.get_running_loop().call_later(self._config.linger_ms / 1000, self._linger_expired)
+
+    async def _add(self, record: OutgoingRecord, token: object, done: DoneCallback | None) -> None:
+        """Append to the partition's open batch; ``done`` None: ``token`` is the future of an awaited record."""
         producer = self._running()
         topic, key = record.topic, record.key
         count = self._partition_counts.get(topic)
@@ -138,17 +147,19 @@ class KafkaProducerTransport:
         tp = (topic, partition)
         batch = self._open.get(tp)
         if batch is None:
-            batch = self._open[tp] = _OpenBatch(producer.create_batch(), done)
+            batch = self._open[tp] = _OpenBatch(producer.create_batch(), tp)
         if batch.builder.append(timestamp=None, key=key, value=record.value, headers=record.headers) is None:
             await self._ship(tp)
-            batch = self._open[tp] = _OpenBatch(producer.create_batch(), done)
+            batch = self._open[tp] = _OpenBatch(producer.create_batch(), tp)
             if batch.builder.append(timestamp=None, key=key, value=record.value, headers=record.headers) is None:
                 event_type = next((v.decode(errors="replace") for k, v in record.headers if k == "event-type"), "")
-                done(token, MessageTooLargeError(len(record.value), self._config.max_batch_bytes, event_type))
+                error = MessageTooLargeError(len(record.value), self._config.max_batch_bytes, event_type)
+                if done is None:
+                    token.set_exception(error)  # type: ignore[attr-defined]
+                else:
+                    done(token, error)
                 return
-        batch.tokens.append(token)
-        if self._linger is None:
-            self._linger = asyncio.get_running_loop().call_later(self._config.linger_ms / 1000, self._linger_expired)
+        batch.add(token, done)
 
     async def _count_partitions(self, producer: AIOKafkaProducer, topic: str) -> int:
         try:
@@ -161,6 +172,13 @@ class KafkaProducerTransport:
 
     def _linger_expired(self) -> None:
         self._linger = None
+        self._ship_in_task()
+
+    def _ship_soon(self) -> None:
+        self._soon = None
+        self._ship_in_task()
+
+    def _ship_in_task(self) -> None:
         task = asyncio.get_running_loop().create_task(self._ship_all())
         self._shipping.add(task)
         task.add_done_callback(self._shipping.discard)
@@ -171,7 +189,7 @@ class KafkaProducerTransport:
 
     async def _ship(self, tp: tuple[str, int]) -> None:
         batch = self._open.pop(tp, None)
-        if batch is None or not batch.tokens:
+        if batch is None or not batch.size:
             return
         try:
             async with self._ship_lock:  # batches reach the accumulator in the order they were closed
@@ -212,35 +230,39 @@ class KafkaProducerTransport:
             raise convert_kafka_error(exc, action, publishing=True) from exc
 
 
-def _settle(sent: asyncio.Future[Any], result: asyncio.Future[Delivery], topic: str) -> None:
-    if result.done():
-        return
-    if sent.cancelled():
-        result.set_exception(PublishFailedError(f"send to {topic} was cancelled", retriable=True))
-        return
-    exc = sent.exception()
-    if exc is not None:
-        error = convert_kafka_error(exc, f"delivering to {topic}", publishing=True)
-        error.__cause__ = exc
-        result.set_exception(error)
-        return
-    meta = sent.result()
-    result.set_result(Delivery(meta.topic, meta.partition, meta.offset))
-
-
 class _OpenBatch:
-    """A partition's batch being filled, and the tokens of its records."""
+    """A partition's batch being filled: per record, a fire-and-forget token and its callback, or a future.
 
-    __slots__ = ("builder", "done", "tokens")
+    A record's offset is the batch's base offset (what the broker acknowledges) plus its place in the batch.
+    """
 
-    def __init__(self, builder: Any, done: DoneCallback) -> None:
+    __slots__ = ("builder", "entries", "tp")
+
+    def __init__(self, builder: Any, tp: tuple[str, int]) -> None:
         self.builder = builder
-        self.done = done
-        self.tokens: list[object] = []
+        self.tp = tp
+        self.entries: list[tuple[object, DoneCallback | None]] = []
 
-    def settle(self, error: BaseException | None) -> None:
-        for token in self.tokens:
-            self.done(token, error)
+    @property
+    def size(self) -> int:
+        return len(self.entries)
+
+    def add(self, token: object, done: DoneCallback | None) -> None:
+        self.entries.append((token, done))
+
+    def settle(self, error: BaseException | None, base_offset: int = -1) -> None:
+        topic, partition = self.tp
+        for index, (token, done) in enumerate(self.entries):
+            if done is not None:
+                done(token, error)
+                continue
+            future: asyncio.Future[Delivery] = token  # type: ignore[assignment]
+            if future.done():  # the caller gave up waiting (cancelled)
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(Delivery(topic, partition, base_offset + index))
 
     def on_sent(self, sent: asyncio.Future[Any]) -> None:
         if sent.cancelled():
@@ -248,7 +270,7 @@ class _OpenBatch:
             return
         exc = sent.exception()
         if exc is None:
-            self.settle(None)
+            self.settle(None, sent.result().offset)
             return
         error = convert_kafka_error(exc, "delivering a batch", publishing=True)
         error.__cause__ = exc

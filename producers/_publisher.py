@@ -216,15 +216,24 @@ class EventPublisher:
             headers.append(("causation-id", str(causation).encode()))
         return OutgoingRecord(self._topic_names[spec.event_type], spec.key_of(event).encode(), value, headers)
 
-    async def _enqueue(self, event: Event) -> asyncio.Future[Delivery]:
-        self._require_started()
-        record = self.prepare(event)
-        await self._check_topic(record.topic)
-        return await self._transport.enqueue(record)
+    async def _enqueue(self, record: OutgoingRecord) -> asyncio.Future[Delivery]:
+        """Hand an awaited record to the transport; it counts in the buffer bound until it is settled."""
+        if record.topic not in self._known_topics:
+            await self._check_topic(record.topic)
+        future = await self._transport.enqueue(record)
+        self._in_flight += 1
+        if self._in_flight == 1:
+            self._drained.clear()
+        future.add_done_callback(self._settled_future)
+        return future
+
+    def _settled_future(self, _future: asyncio.Future[Delivery]) -> None:
+        self._settled()
 
     async def _settle(self, future: asyncio.Future[Delivery], event: Event) -> PublishResult:
         try:
-            delivery = await asyncio.wait_for(future, timeout=self.config.delivery_timeout_s)
+            async with asyncio.timeout(self.config.delivery_timeout_s):
+                delivery = await future
         except TimeoutError as exc:
             waited = self.config.delivery_timeout_s
             msg = f"no acknowledgement for {event.event_type} {event.event_id} within {waited:g} s"
@@ -234,9 +243,16 @@ class EventPublisher:
     async def publish(self, event: Event) -> PublishResult:
         """Publish one event and wait for the broker's acknowledgement.
 
+        Awaited events join the same per-partition batches as ``send()`` (so many concurrent callers
+        share requests, and one task's ``publish`` and ``send`` keep their order per key), and count in
+        ``max_buffered_records``: a caller waits for room when the buffer is full.
         Example: ``result = await publisher.publish(SessionCreated(...))``
         """
-        return await self._settle(await self._enqueue(event), event)
+        if self._in_flight >= self._max_in_flight:
+            await self._wait_for_room()
+        if not self._sendable:
+            self._require_started()
+        return await self._settle(await self._enqueue(self.prepare(event)), event)
 
     async def publish_record(self, record: OutgoingRecord) -> Delivery:
         """Publish raw bytes (for example a dead letter's original record, replayed) and wait for the ack.
@@ -247,9 +263,10 @@ class EventPublisher:
         if len(record.value) > self.config.max_message_bytes:
             raise MessageTooLargeError(len(record.value), self.config.max_message_bytes)
         await self._check_topic(record.topic)
-        future = await self._transport.enqueue(record)
+        future = await self._enqueue(record)
         try:
-            return await asyncio.wait_for(future, timeout=self.config.delivery_timeout_s)
+            async with asyncio.timeout(self.config.delivery_timeout_s):
+                return await future
         except TimeoutError as exc:
             msg = f"no acknowledgement for a record to {record.topic} within {self.config.delivery_timeout_s:g} s"
             raise PublishTimeoutError(msg) from exc
@@ -260,7 +277,9 @@ class EventPublisher:
         self._require_started()
         for topic in {record.topic for record in prepared}:
             await self._check_topic(topic)
-        futures = [await self._transport.enqueue(record) for record in prepared]
+        if self._in_flight >= self._max_in_flight:
+            await self._wait_for_room()
+        futures = [await self._enqueue(record) for record in prepared]
         return [await self._settle(future, event) for future, event in zip(futures, events, strict=True)]
 
     async def send(self, event: Event) -> UUID:

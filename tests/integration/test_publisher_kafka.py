@@ -19,8 +19,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from infra._settings import Settings
 from infra._topics import TOPIC_SPECS
-from producers import EventPublisher, KafkaConnection, PublisherConfig
-from schemas import CATALOG, AvroCodec, BrokerUnavailableError, IdempotenceUnsupportedError
+from producers import EventPublisher, KafkaConnection, PublisherConfig, PublishResult
+from schemas import CATALOG, AvroCodec, BrokerUnavailableError, Event, IdempotenceUnsupportedError
 from tests.events_factory import example_event
 from tests.publisher_contract import PublisherContract, RawRecord, as_stamped
 
@@ -204,3 +204,21 @@ async def test_compressed_records_round_trip(harness: KafkaHarness, compression:
     stored = await harness.records(harness.connection.topic("session"), len(events))
     codec = AvroCodec()
     assert sorted(codec.decode(r.value).event_id for r in stored) == sorted(e.event_id for e in events)
+
+
+async def test_concurrent_awaited_publishes_get_the_exact_positions_an_independent_reader_finds(
+    harness: KafkaHarness,
+) -> None:
+    """publish() from many tasks joins per-partition batches; each caller's offset is its record's own."""
+    events = [example_event("session:created", session_id=f"conc-{n % 37}") for n in range(600)]
+    async with harness.publisher() as publisher:
+
+        async def one(event: Event) -> PublishResult:
+            return await publisher.publish(event)
+
+        results = await asyncio.gather(*(one(event) for event in events))
+    stored = {r.event_id: r for r in await harness.records(results[0].topic, len(events))}
+    positions = [(r.partition, r.offset) for r in results]
+    assert len(set(positions)) == len(events), "every caller has its own position"
+    for event, result in zip(events, results, strict=True):
+        assert (stored[event.event_id].partition, stored[event.event_id].offset) == (result.partition, result.offset)

@@ -1,0 +1,127 @@
+"""Awaited publishes on the Kafka transport's batching path, over a fake aiokafka producer (no broker).
+
+The fake acknowledges each shipped batch with a base offset per partition, or refuses the batches of one
+partition: each caller's future gets exactly its own position or the error of its own batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiokafka.errors import NotLeaderForPartitionError
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.structs import RecordMetadata, TopicPartition
+
+from producers import EventPublisher, KafkaConnection, KafkaProducerTransport, PublisherConfig
+from schemas import Event
+from schemas.errors import PublishFailedError
+from tests.events_factory import example_event
+
+
+class FakeProducer:
+    """Just what the transport calls of aiokafka's producer: batches in, acknowledgements out."""
+
+    def __init__(self, *, failing_partition: int | None = None, partitions: int = 3) -> None:
+        self.failing_partition = failing_partition
+        self.partitions = partitions
+        self.next_offset: dict[int, int] = {}
+        self.shipped: list[tuple[int, int]] = []  # (partition, records)
+
+    def create_batch(self) -> BatchBuilder:
+        return BatchBuilder(batch_size=16_384, compression_type=0)
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return set(range(self.partitions))
+
+    async def send_batch(self, builder: BatchBuilder, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        count = builder.record_count()
+        self.shipped.append((partition, count))
+        acked: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if partition == self.failing_partition:
+            acked.set_exception(NotLeaderForPartitionError())
+        else:
+            base = self.next_offset.get(partition, 0)
+            self.next_offset[partition] = base + count
+            acked.set_result(RecordMetadata(topic, partition, TopicPartition(topic, partition), base, -1, 0, 0))
+        return acked
+
+    async def flush(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+async def publisher_on(fake: FakeProducer) -> EventPublisher:
+    connection = KafkaConnection()
+    config = PublisherConfig(enable_idempotence=False, linger_ms=50)
+    transport = KafkaProducerTransport(connection, config)
+    transport._producer = fake  # the seam under test: no broker
+    publisher = EventPublisher(connection=connection, config=config, transport=transport)
+    publisher._started = publisher._sendable = True  # started without a broker
+    publisher._known_topics = {"session"}
+    return publisher
+
+
+def bookings(count: int) -> list[Event]:
+    return [example_event("session:created", session_id=f"s-{n}") for n in range(count)]
+
+
+async def test_concurrent_awaited_publishes_share_one_batch_per_partition_and_get_their_own_offsets() -> None:
+    fake = FakeProducer()
+    publisher = await publisher_on(fake)
+    events = bookings(60)
+
+    results = await asyncio.gather(*(publisher.publish(event) for event in events))
+
+    assert len(fake.shipped) == len({partition for partition, _ in fake.shipped}), "one batch per partition"
+    by_partition: dict[int, list[int]] = {}
+    for result in results:
+        by_partition.setdefault(result.partition, []).append(result.offset)
+    for partition, offsets in by_partition.items():
+        assert sorted(offsets) == list(range(fake.next_offset[partition]))
+    assert [r.event_id for r in results] == [e.event_id for e in events]
+
+
+async def test_a_lone_publish_does_not_wait_for_the_linger() -> None:
+    publisher = await publisher_on(FakeProducer())
+    started = asyncio.get_running_loop().time()
+    await publisher.publish(bookings(1)[0])
+    assert asyncio.get_running_loop().time() - started < 0.04, "shipped on the next turn, not after 50 ms"
+
+
+async def test_a_refused_batch_fails_only_the_callers_whose_records_it_held() -> None:
+    fake = FakeProducer(failing_partition=1)
+    publisher = await publisher_on(fake)
+    events = bookings(60)
+
+    outcomes = await asyncio.gather(*(publisher.publish(event) for event in events), return_exceptions=True)
+
+    failed = [o for o in outcomes if isinstance(o, BaseException)]
+    succeeded = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert failed
+    assert succeeded
+    assert all(isinstance(error, PublishFailedError) for error in failed)
+    assert all(result.partition != 1 for result in succeeded)
+    refused = sum(count for partition, count in fake.shipped if partition == 1)
+    assert len(failed) == refused
+    assert publisher.pending == 0
+
+
+@pytest.mark.parametrize("first", ["send", "publish"])
+async def test_publish_and_send_of_one_task_keep_their_order_in_the_partition(first: str) -> None:
+    fake = FakeProducer(partitions=1)
+    publisher = await publisher_on(fake)
+    a, b = bookings(2)
+    if first == "send":
+        await publisher.send(a)
+        result = await publisher.publish(b)
+        assert result.offset == 1
+    else:
+        result = await publisher.publish(a)
+        await publisher.send(b)
+        await publisher.flush()
+        assert result.offset == 0
+    assert fake.next_offset[0] == 2
