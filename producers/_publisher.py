@@ -28,7 +28,11 @@ from ._transport import Delivery, OutgoingRecord, ProducerTransport
 
 __all__ = ["EventPublisher", "PublishResult"]
 
-_TOPIC_REFRESH_S = 5.0
+_TOPIC_REFRESH_S = 0.5
+"""Least time between two lookups of the broker's topics when a topic is unknown: a topic created a moment
+ago (Apache Kafka lists it only once its metadata has spread) is found, a missing one refused within a second."""
+_TOPIC_LOOKUPS = 3
+"""How many times an unknown topic is looked up before ``UnknownTopicError`` (about a second in all)."""
 _MAX_KEPT_FAILURES = 1000
 
 
@@ -177,8 +181,12 @@ class EventPublisher:
     async def _check_topic(self, topic: str) -> None:
         if topic in self._known_topics:
             return
-        if time.monotonic() - self._topics_checked_at > _TOPIC_REFRESH_S:
+        for _ in range(_TOPIC_LOOKUPS):  # a topic created a moment ago may take a moment to be listed
+            if time.monotonic() - self._topics_checked_at < _TOPIC_REFRESH_S:
+                await asyncio.sleep(_TOPIC_REFRESH_S)
             await self.refresh_topics()
+            if topic in self._known_topics:
+                return
         if topic not in self._known_topics:
             reason = f"topic {topic!r} does not exist on the broker; create it with `eventbus topics apply`"
             raise UnknownTopicError(topic, reason=reason)
