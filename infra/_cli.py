@@ -33,6 +33,10 @@ COMMANDS: Mapping[str, tuple[str, str]] = {
         "The main job: the five groups on a live marketplace, then a summary that checks itself.",
     ),
     "dlq": ("infra._cli_dlq:dlq", "Dead letters: the system:error events on the system topic."),
+    "gateway": (
+        "infra._cli_gateway:gateway",
+        "Serve events over HTTP: SSE streams, publishing, stats and history, behind JWT auth.",
+    ),
     "history": ("infra._cli_history:history", "The last N events across all entity topics, newest last."),
     "notifications": (
         "infra._cli_notifications:notifications_group",

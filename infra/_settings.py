@@ -2,7 +2,7 @@
 
 Every default and every constraint lives once, in the typed config it belongs to
 (``KafkaConnection``, ``PublisherConfig``, ``ConsumerConfig``, ``RuntimeConfig``,
-``GroupSettings``). ``Settings`` only says which variable sets which config field
+``GroupSettings``, ``HttpGatewayConfig``). ``Settings`` only says which variable sets which config field
 (``SETTING_FIELDS``; a test keeps it complete), holds what was given, and applies the
 profile's defaults (``PROFILE_DEFAULTS``: only those that must differ between Apache
 Kafka and the embedded broker). A setting left unset is None here and takes the
@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from consumers import ConsumerConfig, GroupSettings, RuntimeConfig
     from producers import KafkaConnection, PublisherConfig
 
+    from ._gateway_config import HttpGatewayConfig
+
 __all__ = [
     "PROFILE_DEFAULTS",
     "SETTING_FIELDS",
@@ -42,7 +44,7 @@ __all__ = [
 _Config = TypeVar("_Config", bound=BaseModel)
 
 Profile = Literal["kafka", "embedded"]
-Section = Literal["connection", "publisher", "consumer", "runtime", "groups"]
+Section = Literal["connection", "publisher", "consumer", "runtime", "groups", "http"]
 
 _ENV_PREFIX = "EVENTBUS_"
 
@@ -132,6 +134,20 @@ SETTING_FIELDS: Mapping[str, tuple[Section, str]] = {
             "gateway_failure_rate",
             "gateway_seed",
             "payment_workers",
+        )
+    },
+    # HttpGatewayConfig
+    **{
+        f"http_{name}": ("http", name)
+        for name in (
+            "jwt_secret",
+            "jwt_public_key_file",
+            "jwt_algorithms",
+            "jwt_audience",
+            "jwt_issuer",
+            "dev_tokens",
+            "queue_size",
+            "heartbeat_s",
         )
     },
 }
@@ -253,6 +269,16 @@ class Settings(BaseSettings):
     gateway_seed: int | None = None
     payment_workers: int | None = None
 
+    http_jwt_secret: SecretStr | None = None
+    http_jwt_public_key_file: Path | None = None
+    http_jwt_algorithms: tuple[str, ...] | None = None
+    """Algorithms gateway tokens may use, e.g. ``["RS256"]`` (JSON); unset: derived from the secret and key."""
+    http_jwt_audience: str | None = None
+    http_jwt_issuer: str | None = None
+    http_dev_tokens: bool | None = None
+    http_queue_size: int | None = None
+    http_heartbeat_s: float | None = None
+
     # -- effective values --------------------------------------------------------------------------
 
     def _given(self, name: str) -> object:
@@ -333,6 +359,12 @@ class Settings(BaseSettings):
 
         return _build(GroupSettings, "groups", **self._fields("groups"))
 
+    def http_config(self) -> HttpGatewayConfig:
+        """Token checks and stream pacing of ``eventbus gateway``."""
+        from ._gateway_config import HttpGatewayConfig  # noqa: PLC0415 - see the module docstring
+
+        return _build(HttpGatewayConfig, "http", **self._fields("http"))
+
     # -- showing them ------------------------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
@@ -343,6 +375,7 @@ class Settings(BaseSettings):
             "consumer": self.consumer_config(),
             "runtime": self.runtime_config(),
             "groups": self.group_settings(),
+            "http": self.http_config(),
         }
         values: dict[str, Any] = {
             "profile": self.profile,

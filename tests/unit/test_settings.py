@@ -6,6 +6,7 @@ import pytest
 from pydantic import BaseModel
 
 from consumers import ConsumerConfig, GroupSettings, RuntimeConfig
+from infra._gateway_config import HttpGatewayConfig
 from infra._settings import PROFILE_DEFAULTS, SETTING_FIELDS, UNSET_CONFIG_FIELDS, Settings, load_settings
 from producers import KafkaConnection, PublisherConfig
 from schemas.errors import ConfigurationError
@@ -132,6 +133,7 @@ def _config_classes() -> dict[str, type[BaseModel]]:
         "consumer": ConsumerConfig,
         "runtime": RuntimeConfig,
         "groups": GroupSettings,
+        "http": HttpGatewayConfig,
     }
 
 
