@@ -23,6 +23,10 @@ COMMANDS: Mapping[str, tuple[str, str]] = {
         "infra._cli_analytics:analytics",
         "Event counts kept by the `analytics` group (EVENTBUS_DATABASE_URL).",
     ),
+    "asyncapi": (
+        "infra._cli_asyncapi:asyncapi",
+        "The AsyncAPI 3.0 document of the topics, events and consumer groups, generated from the catalog.",
+    ),
     "broker": ("infra._cli_broker:broker", "Run an embedded Kafka-protocol broker until Ctrl-C."),
     "credits": (
         "infra._cli_credits:credits_group",

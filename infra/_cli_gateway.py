@@ -33,12 +33,14 @@ def _listen(host: str, port: int) -> socket.socket:
 async def _serve(settings: Settings, sock: socket.socket) -> None:
     import uvicorn  # noqa: PLC0415 - the web stack only when serving
 
+    from ._asyncapi import asyncapi_document  # noqa: PLC0415
     from ._gateway_app import GatewayServer, begin_shutdown, create_app  # noqa: PLC0415
     from .bus import EventBus  # noqa: PLC0415
 
     config = settings.http_config()
     async with EventBus.connect(settings, service="eventbus-gateway") as bus:
-        app = create_app(bus, config)
+        contract = asyncapi_document(topic_prefix=settings.connection().topic_prefix, replication=settings.replication)
+        app = create_app(bus, config, asyncapi=contract)
         server = GatewayServer(
             uvicorn.Config(app, log_config=None, lifespan="off", timeout_graceful_shutdown=_GRACEFUL_S)
         )

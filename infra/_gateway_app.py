@@ -27,13 +27,14 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AsyncExitStack
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
 import uvicorn
+import yaml
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -49,6 +50,7 @@ from schemas.errors import (
     MessageTooLargeError,
 )
 
+from ._asyncapi import asyncapi_document
 from ._gateway_auth import (
     DEV_TOKEN_MAX_TTL_S,
     AuthenticationError,
@@ -381,6 +383,19 @@ async def history(
     return [event.model_dump(mode="json") for event in events]
 
 
+@_router.get("/asyncapi.json", tags=["contract"])
+async def asyncapi_json(request: Request) -> JSONResponse:
+    """The AsyncAPI 3.0 document of the topics and events (no token: it is the public contract)."""
+    return JSONResponse(request.app.state.asyncapi)
+
+
+@_router.get("/asyncapi.yaml", tags=["contract"])
+async def asyncapi_yaml_document(request: Request) -> Response:
+    """The same document as YAML."""
+    text = yaml.safe_dump(request.app.state.asyncapi, sort_keys=False, allow_unicode=True)
+    return Response(text, media_type="application/yaml")
+
+
 @_router.get("/healthz", tags=["health"])
 async def healthz() -> dict[str, str]:
     """The process answers."""
@@ -411,10 +426,12 @@ async def dev_token(request: Request, wanted: DevTokenRequest) -> dict[str, Any]
     return {"access_token": token, "token_type": "bearer", "expires_in": wanted.ttl_s}
 
 
-def create_app(bus: EventBus, config: HttpGatewayConfig) -> FastAPI:
+def create_app(bus: EventBus, config: HttpGatewayConfig, *, asyncapi: Mapping[str, Any] | None = None) -> FastAPI:
     """The gateway's ASGI app over an open ``bus`` (which it never opens or closes).
 
-    ``ConfigurationError`` when ``config`` gives no way to check tokens. Example: ``create_app(bus, config)``
+    ``asyncapi`` is the contract served at ``/asyncapi.json`` and ``/asyncapi.yaml`` (the catalog's, without
+    a topic prefix, by default). ``ConfigurationError`` when ``config`` gives no way to check tokens.
+    Example: ``create_app(bus, config)``
     """
     verifier = TokenVerifier(config)
     app = FastAPI(
@@ -423,6 +440,7 @@ def create_app(bus: EventBus, config: HttpGatewayConfig) -> FastAPI:
         description="The coaching marketplace's events over HTTP: Server-Sent Events, publishing, stats, history.",
     )
     app.state.gateway = _State(bus, config, verifier)
+    app.state.asyncapi = dict(asyncapi) if asyncapi is not None else asyncapi_document()
     app.include_router(_router)
     if config.dev_tokens:
         log.warning("development tokens are enabled: anyone can get a token with any role from POST /dev/token")

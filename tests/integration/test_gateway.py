@@ -28,6 +28,7 @@ import httpx
 import jwt
 import pytest
 import uvicorn
+import yaml
 
 from infra._bus_cursor import encode_cursor
 from infra._embedded import EmbeddedBroker
@@ -515,3 +516,18 @@ def _free_tcp_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+async def test_the_asyncapi_contract_is_served_as_json_and_yaml() -> None:
+    """The catalog's AsyncAPI document at /asyncapi.json and /asyncapi.yaml, without a token."""
+    async with EventBus.in_memory() as bus:
+        app = create_app(bus, HttpGatewayConfig(dev_tokens=True))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            as_json = await client.get("/asyncapi.json")
+            as_yaml = await client.get("/asyncapi.yaml")
+    assert as_json.status_code == as_yaml.status_code == 200
+    document = as_json.json()
+    assert document["asyncapi"].startswith("3.")
+    assert "session" in document["channels"]
+    assert yaml.safe_load(as_yaml.text) == document
