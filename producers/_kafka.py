@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import (
-    KafkaError,
-    UnknownError,
-)
+from aiokafka.errors import KafkaError, KafkaTimeoutError, UnknownError
 
 from schemas.errors import (
     ConfigurationError,
@@ -44,7 +42,7 @@ class KafkaProducerTransport:
         self._linger: asyncio.TimerHandle | None = None
         self._soon: asyncio.Handle | None = None
         self._shipping: set[asyncio.Task[None]] = set()
-        self._ship_lock = asyncio.Lock()
+        self._ship_locks: dict[tuple[str, int], asyncio.Lock] = {}
 
     def _new_producer(self) -> AIOKafkaProducer:
         config = self._config
@@ -191,9 +189,21 @@ class KafkaProducerTransport:
         batch = self._open.pop(tp, None)
         if batch is None or not batch.size:
             return
+        deadline = time.monotonic() + self._config.delivery_timeout_s
+        lock = self._ship_locks.get(tp)
+        if lock is None:
+            lock = self._ship_locks[tp] = asyncio.Lock()
         try:
-            async with self._ship_lock:  # batches reach the accumulator in the order they were closed
-                sent = await self._running().send_batch(batch.builder, tp[0], partition=tp[1])
+            async with lock:  # a partition's batches reach the accumulator in the order they were closed
+                while True:
+                    try:
+                        sent = await self._running().send_batch(batch.builder, tp[0], partition=tp[1])
+                        break
+                    except KafkaTimeoutError:
+                        # aiokafka waits for the partition's previous batch to drain (a leader change retries
+                        # it) and counts its wait short when it loops: wait on, up to our own delivery timeout
+                        if time.monotonic() >= deadline:
+                            raise
         except KafkaError as exc:
             batch.settle(convert_kafka_error(exc, f"sending a batch to {tp[0]}", publishing=True))
             return

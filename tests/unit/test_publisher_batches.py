@@ -10,7 +10,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from aiokafka.errors import NotLeaderForPartitionError
+from aiokafka.errors import KafkaTimeoutError, NotLeaderForPartitionError
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import RecordMetadata, TopicPartition
 
@@ -23,8 +23,9 @@ from tests.events_factory import example_event
 class FakeProducer:
     """Just what the transport calls of aiokafka's producer: batches in, acknowledgements out."""
 
-    def __init__(self, *, failing_partition: int | None = None, partitions: int = 3) -> None:
+    def __init__(self, *, failing_partition: int | None = None, partitions: int = 3, busy: int = 0) -> None:
         self.failing_partition = failing_partition
+        self.busy = busy  # this many send_batch calls time out first, as aiokafka's when a batch waits to drain
         self.partitions = partitions
         self.next_offset: dict[int, int] = {}
         self.shipped: list[tuple[int, int]] = []  # (partition, records)
@@ -36,6 +37,9 @@ class FakeProducer:
         return set(range(self.partitions))
 
     async def send_batch(self, builder: BatchBuilder, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        if self.busy:
+            self.busy -= 1
+            raise KafkaTimeoutError
         count = builder.record_count()
         self.shipped.append((partition, count))
         acked: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -125,3 +129,11 @@ async def test_publish_and_send_of_one_task_keep_their_order_in_the_partition(fi
         await publisher.flush()
         assert result.offset == 0
     assert fake.next_offset[0] == 2
+
+
+async def test_a_batch_that_waits_for_the_partition_to_drain_is_offered_again_not_failed() -> None:
+    fake = FakeProducer(busy=2)
+    publisher = await publisher_on(fake)
+    results = await asyncio.gather(*(publisher.publish(event) for event in bookings(9)))
+    assert len(results) == 9
+    assert sum(count for _, count in fake.shipped) == 9
