@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from producers import KafkaAdmin, KafkaConnection, kafka_admin
 from schemas import CATALOG
-from schemas.errors import ConfigurationError
+from schemas.errors import BrokerTimeoutError, ConfigurationError
 
 __all__ = [
     "REPLAY_LOG_TOPIC",
@@ -151,7 +153,20 @@ async def apply_topics(
                 name, partitions=spec.partitions, replication=replication_factor, configs=spec.configs()
             )
             (report.created if created else report.existing).append(name)  # existing: created meanwhile elsewhere
+        if report.created:
+            await _until_listed(admin, set(report.created), connection.request_timeout_s)
     return report
+
+
+async def _until_listed(admin: KafkaAdmin, names: set[str], timeout_s: float) -> None:
+    """Wait until the broker lists the topics just created: Apache Kafka acknowledges a creation before every
+    broker's metadata has it, and a client that looks the topic up at once would be told it does not exist."""
+    deadline = time.monotonic() + timeout_s
+    while missing := names - await admin.topic_names():
+        if time.monotonic() > deadline:
+            msg = f"topics created but not listed by the broker within {timeout_s:g} s: {sorted(missing)}"
+            raise BrokerTimeoutError(msg)
+        await asyncio.sleep(0.1)
 
 
 async def describe_topics(connection: KafkaConnection, *, all_topics: bool = False) -> list[TopicInfo]:
