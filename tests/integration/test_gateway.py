@@ -94,7 +94,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         yield opened
 
 
-def token(sub: str, *roles: str, exp_in: float = 300, secret: str = SECRET, **claims: Any) -> str:
+def token(sub: str, *roles: str, exp_in: float = 86_400, secret: str = SECRET, **claims: Any) -> str:
     return jwt.encode({"sub": sub, "roles": list(roles), "exp": int(time.time() + exp_in), **claims}, secret)
 
 
@@ -245,7 +245,7 @@ async def test_each_user_gets_their_own_events_live_and_nobody_elses(
         None,
         token("u-1", "admin", exp_in=-30),
         token("u-1", "admin", secret="another-secret-another-secret-another-secret-another-secret!!"),  # noqa: S106
-        unsigned({"alg": "none", "typ": "JWT"}, {"sub": "u-1", "roles": ["admin"], "exp": int(time.time()) + 300}),
+        unsigned({"alg": "none", "typ": "JWT"}, {"sub": "u-1", "roles": ["admin"], "exp": int(time.time()) + 86_400}),
         "garbage.token.here",
         jwt.encode({"sub": "u-1", "roles": ["admin"]}, SECRET),  # no exp
     ],

@@ -32,7 +32,7 @@ from schemas.errors import ConfigurationError
 SECRET = "unit-test-secret-that-is-long-enough-for-hs256-and-even-for-hs512!!"  # noqa: S105 - a test key
 
 
-def _claims(sub: str = "u-1", *, exp_in: float = 300, **more: Any) -> dict[str, Any]:
+def _claims(sub: str = "u-1", *, exp_in: float = 86_400, **more: Any) -> dict[str, Any]:
     return {"sub": sub, "exp": int(time.time() + exp_in), **more}
 
 
@@ -95,7 +95,7 @@ def test_a_valid_token_gives_the_principal_with_ids_defaulting_to_sub() -> None:
         (_hs(_claims(exp_in=-60)), "expired"),
         (_hs(_claims(), secret="another-secret-of-a-good-length-another-secret-of-a-good-length"), "Signature"),  # noqa: S106
         (_hs({"sub": "u-1"}), "exp"),
-        (_hs({"exp": int(time.time()) + 300}), "sub"),
+        (_hs({"exp": int(time.time()) + 86_400}), "sub"),
         (_hs(_claims(sub="")), "sub"),
         (_hs(_claims(roles="admin")), "roles"),
         (_hs(_claims(user_id=7)), "user_id"),
