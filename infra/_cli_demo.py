@@ -30,6 +30,7 @@ from consumers import (
 from consumers.groups import analytics
 from consumers.groups.payments import queue_depth
 from producers import EventPublisher
+from schemas.errors import EventBusError
 
 from ._cli_common import cli_errors, console
 from ._composition import marketplace_groups, marketplace_migrations
@@ -238,7 +239,13 @@ async def run_demo(duration_s: float, *, live: bool = True) -> list[Check]:
                 stable = 0
                 while stable < 2:
                     await asyncio.sleep(1.0)
-                    snap = await _snapshot(settings, groups, database, run_id)
+                    try:
+                        snap = await _snapshot(settings, groups, database, run_id)
+                    except EventBusError as exc:  # a broker or database blinking: the view waits a turn
+                        if not exc.retriable:
+                            raise
+                        stable = 0
+                        continue
                     phase = "driving the marketplace" if not driving.done() else "draining"
                     screen.update(_view(market.expected, snap, phase))
                     stable = stable + 1 if driving.done() and snap.drained else 0
