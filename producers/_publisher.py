@@ -187,9 +187,8 @@ class EventPublisher:
             await self.refresh_topics()
             if topic in self._known_topics:
                 return
-        if topic not in self._known_topics:
-            reason = f"topic {topic!r} does not exist on the broker; create it with `eventbus topics apply`"
-            raise UnknownTopicError(topic, reason=reason)
+        reason = f"topic {topic!r} does not exist on the broker; create it with `eventbus topics apply`"
+        raise UnknownTopicError(topic, reason=reason)
 
     def prepare(self, event: Event) -> OutgoingRecord:
         """The record ``event`` becomes, metadata completed on the wire.
