@@ -4,6 +4,7 @@
 #   PostgreSQL on 127.0.0.1:5432 (trust auth for loopback, role `root`, database `test`)
 #   Redis on 127.0.0.1:6379 (no persistence)
 #   podman serving the Docker API on unix:///run/podman/podman.sock (for testcontainers), with runc
+#   Debian's chromium and its driver (the browser end-to-end tests; never a browser download)
 #   Java 17 and Maven, the Apache Kafka jars (Maven Central) and the local container image built from them
 #   (python -m infra._kafka_image, with the project's virtualenv: .venv, or $EVENTBUS_PYTHON)
 #
@@ -69,6 +70,9 @@ if ! redis_up; then
   for _ in $(seq 60); do redis_up && break; sleep 0.5; done
 fi
 redis_up || { echo "services: Redis does not answer on 127.0.0.1:6379" >&2; exit 1; }
+
+# -- chromium (headless, for the screens' end-to-end tests) -------------------------------------------
+apt_install chromium chromium-driver
 
 [ "$want_kafka" -eq 1 ] || { log "ready (PostgreSQL, Redis)"; exit 0; }
 
