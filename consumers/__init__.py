@@ -20,6 +20,16 @@ from ._group import BackgroundTask, ConsumerGroup, GroupRegistry, Handler
 from ._kafka import KafkaConsumerTransport
 from ._log_throttle import LogThrottle, throttle_logs
 from ._metrics import RuntimeMetrics, default_metrics
+from ._outbox_relay import (
+    OUTBOX_CHANNEL,
+    OUTBOX_MIGRATION,
+    OUTBOX_PROGRESS_TOPIC,
+    OutboxRelay,
+    OutboxStatus,
+    RelayConfig,
+    RelayStats,
+    outbox_status,
+)
 from ._patience import BackgroundTaskError, Patience, RetryBoundExceededError, RetryPolicy
 from ._resources import GroupSettings, Resources
 from ._runner import GroupRunner
@@ -28,6 +38,9 @@ from ._transport import ConsumedRecord, ConsumerTransport, PartitionsCallback, P
 
 __all__ = [
     "FOLLOW_UP_NAMESPACE",
+    "OUTBOX_CHANNEL",
+    "OUTBOX_MIGRATION",
+    "OUTBOX_PROGRESS_TOPIC",
     "PROCESSED_EVENTS_MIGRATION",
     "REPLAY_HEADER",
     "BackgroundTask",
@@ -49,11 +62,15 @@ __all__ = [
     "LogThrottle",
     "MemoryCache",
     "Migration",
+    "OutboxRelay",
+    "OutboxStatus",
     "PartitionsCallback",
     "Patience",
     "PlainRecord",
     "ProcessedEventStore",
     "RedisCache",
+    "RelayConfig",
+    "RelayStats",
     "Resources",
     "RetryBoundExceededError",
     "RetryPolicy",
@@ -69,6 +86,7 @@ __all__ = [
     "is_retriable",
     "migrated_database",
     "open_cache",
+    "outbox_status",
     "run_groups",
     "throttle_logs",
 ]

@@ -144,6 +144,10 @@ class Migration:
     version: int
     name: str
     statements: Sequence[str]
+    postgresql: Sequence[str] = ()
+    """Statements run after ``statements`` on PostgreSQL only (types and triggers SQLite spells otherwise)."""
+    sqlite: Sequence[str] = ()
+    """Statements run after ``statements`` on SQLite only."""
 
 
 class Database:
@@ -236,7 +240,8 @@ class Database:
             for migration in sorted(migrations, key=lambda m: m.version):
                 if migration.version in done:
                     continue
-                for statement in migration.statements:
+                dialect_only = migration.postgresql if self.dialect == "postgresql" else migration.sqlite
+                for statement in (*migration.statements, *dialect_only):
                     await conn.execute(text(statement))
                 await conn.execute(
                     text("INSERT INTO eventbus_migrations (version, name) VALUES (:v, :n)"),

@@ -46,9 +46,17 @@ COMMANDS: Mapping[str, tuple[str, str]] = {
         "infra._cli_notifications:notifications_group",
         "In-app notifications (EVENTBUS_DATABASE_URL; written by the `notifications` group).",
     ),
+    "outbox": (
+        "infra._cli_outbox:outbox",
+        "The transactional outbox: what waits to be sent, who sends it, what could not be sent.",
+    ),
     "publish": (
         "infra._cli_publish:publish",
         "Validate and publish one EVENT_TYPE event; print where it was stored as one JSON line.",
+    ),
+    "relay": (
+        "infra._cli_relay:relay",
+        "Send committed outbox rows to Kafka until SIGTERM/SIGINT; relays of one database share the work.",
     ),
     "run": ("infra._cli_run:run", "Run consumer GROUPS until SIGTERM/SIGINT (a second signal exits at once)."),
     "schemas": ("infra._cli_schemas:schemas", "The event catalog: types, topics, keys and Avro writer schemas."),

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from consumers import PROCESSED_EVENTS_MIGRATION, ConsumerGroup, GroupRegistry, Migration, Resources
+from consumers import OUTBOX_MIGRATION, PROCESSED_EVENTS_MIGRATION, ConsumerGroup, GroupRegistry, Migration, Resources
 from consumers.groups import analytics, cache, notifications, payments
 from consumers.groups import credits as credit
 
@@ -45,8 +45,8 @@ MARKETPLACE_GROUP_NAMES: tuple[str, ...] = tuple(group.name for group in _GROUPS
 
 
 def marketplace_migrations() -> list[Migration]:
-    """Every table the marketplace's groups and the processed-events store need, in version order."""
-    migrations = [PROCESSED_EVENTS_MIGRATION]
+    """Every table the marketplace's groups, the processed-events store and the outbox need, in version order."""
+    migrations = [PROCESSED_EVENTS_MIGRATION, OUTBOX_MIGRATION]
     for group in _GROUPS:
         migrations.extend(group.migrations)
     return sorted(migrations, key=lambda migration: migration.version)

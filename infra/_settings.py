@@ -26,7 +26,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from schemas.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from consumers import ConsumerConfig, GroupSettings, RuntimeConfig
+    from consumers import ConsumerConfig, GroupSettings, RelayConfig, RuntimeConfig
     from producers import KafkaConnection, PublisherConfig
 
     from ._gateway_config import HttpGatewayConfig
@@ -44,7 +44,7 @@ __all__ = [
 _Config = TypeVar("_Config", bound=BaseModel)
 
 Profile = Literal["kafka", "embedded"]
-Section = Literal["connection", "publisher", "consumer", "runtime", "groups", "http"]
+Section = Literal["connection", "publisher", "consumer", "runtime", "groups", "http", "outbox"]
 
 _ENV_PREFIX = "EVENTBUS_"
 
@@ -148,6 +148,18 @@ SETTING_FIELDS: Mapping[str, tuple[Section, str]] = {
             "dev_tokens",
             "queue_size",
             "heartbeat_s",
+        )
+    },
+    # RelayConfig
+    **{
+        f"outbox_{name}": ("outbox", name)
+        for name in (
+            "slots",
+            "batch_size",
+            "poll_interval_s",
+            "lease_s",
+            "exactly_once",
+            "transactional_id_prefix",
         )
     },
 }
@@ -279,6 +291,15 @@ class Settings(BaseSettings):
     http_queue_size: int | None = None
     http_heartbeat_s: float | None = None
 
+    outbox_slots: int | None = None
+    """Units of work the outbox relays share; every relay of a database must use the same number."""
+    outbox_batch_size: int | None = None
+    outbox_poll_interval_s: float | None = None
+    outbox_lease_s: float | None = None
+    outbox_exactly_once: bool | None = None
+    """Unset: exactly once (Kafka transactions) when the producer is idempotent, i.e. on Apache Kafka."""
+    outbox_transactional_id_prefix: str | None = None
+
     # -- effective values --------------------------------------------------------------------------
 
     def _given(self, name: str) -> object:
@@ -365,6 +386,12 @@ class Settings(BaseSettings):
 
         return _build(HttpGatewayConfig, "http", **self._fields("http"))
 
+    def relay_config(self) -> RelayConfig:
+        """How ``eventbus relay`` shares, paces and delivers the outbox."""
+        from consumers import RelayConfig  # noqa: PLC0415 - see the module docstring
+
+        return _build(RelayConfig, "outbox", **self._fields("outbox"))
+
     # -- showing them ------------------------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
@@ -376,6 +403,7 @@ class Settings(BaseSettings):
             "runtime": self.runtime_config(),
             "groups": self.group_settings(),
             "http": self.http_config(),
+            "outbox": self.relay_config(),
         }
         values: dict[str, Any] = {
             "profile": self.profile,

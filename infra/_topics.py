@@ -7,11 +7,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from consumers import OUTBOX_PROGRESS_TOPIC
 from producers import KafkaAdmin, KafkaConnection, kafka_admin
 from schemas import CATALOG
 from schemas.errors import BrokerTimeoutError, ConfigurationError
 
 __all__ = [
+    "INTERNAL_TOPICS",
     "REPLAY_LOG_TOPIC",
     "TOPIC_SPECS",
     "ApplyReport",
@@ -59,10 +61,21 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
         cleanup_policy="compact,delete",
         doc="replay marks of dead letters (JSON), keyed by the dead letter's system-topic/partition/offset",
     ),
+    # Only the last record per slot matters; compaction keeps this topic small forever.
+    TopicSpec(
+        OUTBOX_PROGRESS_TOPIC,
+        1,
+        30 * _DAY_MS,
+        cleanup_policy="compact",
+        doc="the exactly-once outbox relay's progress (JSON), keyed by relay slot",
+    ),
 )
-"""The entity topics, one per catalog entity (a test keeps the two in step), and the replay log."""
+"""The entity topics, one per catalog entity (a test keeps the two in step), and the internal topics."""
 
-assert {spec.name for spec in TOPIC_SPECS} == {*CATALOG.topics, REPLAY_LOG_TOPIC}  # noqa: S101 - import-time invariant
+INTERNAL_TOPICS: tuple[str, ...] = (REPLAY_LOG_TOPIC, OUTBOX_PROGRESS_TOPIC)
+"""Topics of eventbus's own bookkeeping (JSON records, no catalog events)."""
+
+assert {spec.name for spec in TOPIC_SPECS} == {*CATALOG.topics, *INTERNAL_TOPICS}  # noqa: S101 - import-time invariant
 
 
 @dataclass(frozen=True, slots=True)

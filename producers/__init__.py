@@ -20,11 +20,14 @@ from ._context import (
     set_cause,
 )
 from ._kafka import KafkaProducerTransport
+from ._outbox import OUTBOX_BUCKETS, OUTBOX_TABLE, Outbox, bucket_of, decode_headers, encode_headers
 from ._partitioner import KeyPartitioner, murmur2, murmur2_partition, native_murmur2_partition
 from ._publisher import EventPublisher, PublishResult
 from ._transport import Delivery, DoneCallback, OutgoingRecord, ProducerTransport
 
 __all__ = [
+    "OUTBOX_BUCKETS",
+    "OUTBOX_TABLE",
     "CauseToken",
     "Delivery",
     "DoneCallback",
@@ -33,18 +36,22 @@ __all__ = [
     "KafkaConnection",
     "KafkaProducerTransport",
     "KeyPartitioner",
+    "Outbox",
     "OutgoingRecord",
     "PartitionInfo",
     "ProducerTransport",
     "PublishResult",
     "PublisherConfig",
     "TopicDescription",
+    "bucket_of",
     "caused_by",
     "connect_with_retry",
     "convert_kafka_error",
     "correlation_scope",
     "current_causation_id",
     "current_correlation_id",
+    "decode_headers",
+    "encode_headers",
     "kafka_admin",
     "murmur2",
     "murmur2_partition",

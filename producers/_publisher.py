@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -277,6 +277,46 @@ class EventPublisher:
         except TimeoutError as exc:
             msg = f"no acknowledgement for a record to {record.topic} within {self.config.delivery_timeout_s:g} s"
             raise PublishTimeoutError(msg) from exc
+
+    async def publish_records(self, records: Sequence[OutgoingRecord]) -> list[Delivery | EventBusError]:
+        """Publish raw records together (they join the same batches) and wait for every acknowledgement.
+
+        One result per record, in order: its ``Delivery``, or the error that concerns that record alone
+        (``MessageTooLargeError``, ``UnknownTopicError``, a broker error, ``PublishTimeoutError``), so a caller
+        such as the outbox relay can set a poison record aside and keep the others.
+        Example: ``results = await publisher.publish_records(records)``
+        """
+        self._require_started()
+        results: list[Delivery | EventBusError | None] = [None] * len(records)
+        waiting: dict[asyncio.Future[Delivery], int] = {}
+        limit = self.config.max_message_bytes
+        for index, record in enumerate(records):
+            if len(record.value) > limit:
+                results[index] = MessageTooLargeError(len(record.value), limit)
+                continue
+            if record.topic not in self._known_topics:
+                try:
+                    await self._check_topic(record.topic)
+                except UnknownTopicError as exc:
+                    results[index] = exc
+                    continue
+            if self._in_flight >= self._max_in_flight:
+                await self._wait_for_room()
+            waiting[await self._enqueue(record)] = index
+        if waiting:
+            done, late = await asyncio.wait(waiting, timeout=self.config.delivery_timeout_s)
+            for future in done:
+                error = future.exception()
+                if error is None:
+                    results[waiting[future]] = future.result()
+                elif isinstance(error, EventBusError):
+                    results[waiting[future]] = error
+                else:
+                    raise error
+            for future in late:
+                waited = self.config.delivery_timeout_s
+                results[waiting[future]] = PublishTimeoutError(f"no acknowledgement within {waited:g} s")
+        return [result for result in results if result is not None]
 
     async def publish_many(self, events: list[Event]) -> list[PublishResult]:
         """Publish several events and wait for all acknowledgements; all are checked before any is sent."""

@@ -30,6 +30,7 @@ from infra._topics import apply_topics
 from producers import EventPublisher
 from tests.containers import ENGINE_HINT, engine_answers, start_kafka
 from tests.harness import POSTGRES_URL, new_broker
+from tests.private_postgres import private_postgres  # noqa: F401 - a fixture for every module
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from infra._cli import main
 from infra._embedded import EmbeddedBroker
 from infra._reader import existing_topics
 from infra._settings import Settings
-from infra._topics import REPLAY_LOG_TOPIC, apply_topics
+from infra._topics import INTERNAL_TOPICS, apply_topics
 from producers import EventPublisher, PublishResult
 from schemas import CATALOG, Event
 from schemas.errors import ConfigurationError
@@ -90,7 +90,7 @@ def topic_names(settings: Settings) -> set[str]:
 
 def test_topics_apply_twice_creates_nothing_the_second_time(kafka_target: KafkaTarget) -> None:
     fresh = make_settings(kafka_target)
-    expected = sorted(fresh.connection().topic(name) for name in (*CATALOG.topics, REPLAY_LOG_TOPIC))
+    expected = sorted(fresh.connection().topic(name) for name in (*CATALOG.topics, *INTERNAL_TOPICS))
 
     first = cli(fresh, "topics", "apply", "--json")
     second = cli(fresh, "topics", "apply")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from infra._topics import REPLAY_LOG_TOPIC, TOPIC_SPECS, TopicInfo, topic_drift
+from infra._topics import INTERNAL_TOPICS, REPLAY_LOG_TOPIC, TOPIC_SPECS, TopicInfo, topic_drift
 from schemas import CATALOG
 
 _SESSION = next(spec for spec in TOPIC_SPECS if spec.name == "session")
@@ -36,7 +36,7 @@ def test_a_config_the_broker_did_not_describe_is_not_drift() -> None:
 
 
 def test_the_spec_has_every_catalog_topic_and_the_compacted_replay_log() -> None:
-    assert {spec.name for spec in TOPIC_SPECS} == {*CATALOG.topics, REPLAY_LOG_TOPIC}
+    assert {spec.name for spec in TOPIC_SPECS} == {*CATALOG.topics, *INTERNAL_TOPICS}
     replay_log = next(spec for spec in TOPIC_SPECS if spec.name == REPLAY_LOG_TOPIC)
     system = next(spec for spec in TOPIC_SPECS if spec.name == "system")
     assert replay_log.configs()["cleanup.policy"] == "compact,delete"
