@@ -16,7 +16,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,11 +26,24 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from sqlalchemy import text
 
-from consumers import OUTBOX_MIGRATION, Database, OutboxRelay, RelayConfig, outbox_status
+from consumers import (
+    OUTBOX_MIGRATION,
+    PROCESSED_EVENTS_MIGRATION,
+    Database,
+    GroupSettings,
+    MemoryCache,
+    OutboxRelay,
+    ProcessedEventStore,
+    RelayConfig,
+    Resources,
+    outbox_status,
+    run_groups,
+)
+from consumers.groups import credits as credit
 from infra._settings import Settings
 from infra._topics import TOPIC_SPECS, apply_topics
-from producers import Outbox
-from schemas import Event, SessionCreated, SessionUpdated
+from producers import EventPublisher, Outbox
+from schemas import Event, SessionCompleted, SessionCreated, SessionUpdated
 from tests.conftest import KafkaTarget, make_settings
 from tests.harness import POSTGRES_URL, until
 from tests.private_postgres import PrivatePostgres
@@ -278,14 +291,18 @@ def _relay_process(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 
 async def _write(database: Database, outbox: Outbox, writer: int, count: int) -> list[tuple[str, str]]:
-    """``count`` events of this writer's own sessions, in transactions of 1 to 20 events: (key, event id)."""
+    """``count`` completions of this writer's own sessions, in transactions of 1 to 20: (key, event id)."""
     written: list[tuple[str, str]] = []
     n = 0
     while n < count:
         size = min(count - n, 1 + (n * 7 + writer) % 20)
         events = [
-            SessionUpdated(
-                session_id=f"w{writer}-s{(n + i) % 50}", user_id=f"u{writer}", coach_id="coach-1", changed_fields=["x"]
+            SessionCompleted(
+                session_id=f"w{writer}-s{(n + i) % 50}",
+                coach_id="coach-1",
+                user_id=f"u{writer}",
+                cost_credits=1,
+                completed_at=datetime(2100, 1, 1, tzinfo=UTC),
             )
             for i in range(size)
         ]
@@ -297,6 +314,41 @@ async def _write(database: Database, outbox: Outbox, writer: int, count: int) ->
     return written
 
 
+async def _ledger(database: Database) -> Counter[str]:
+    """Deductions per completion event id (the ledger's entry id)."""
+    async with database.begin() as conn:
+        rows = await conn.execute(text("SELECT entry_id FROM credits_ledger WHERE reason = 'session_completed'"))
+        return Counter(str(row[0]) for row in rows)
+
+
+@asynccontextmanager
+async def credits_group(database: Database, settings: Settings) -> AsyncIterator[None]:
+    """The credits group running on ``settings``'s topics, each user granted enough credits."""
+    resources = Resources(database=database, cache=MemoryCache(), settings=GroupSettings())
+    stop, started = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(
+        run_groups(
+            [credit.build(resources)],
+            connection=settings.connection(),
+            publisher_config=settings.publisher_config("credits-test"),
+            consumer_config=settings.consumer_config(),
+            runtime_config=settings.runtime_config(commit_interval_s=0.2, concurrency=4),
+            stop=stop,
+            store=ProcessedEventStore(database),
+            started=started,
+        )
+    )
+    try:
+        await asyncio.wait_for(started.wait(), timeout=60)
+        async with EventPublisher(connection=settings.connection(), config=settings.publisher_config("t")) as pub:
+            for writer in range(WRITERS):
+                await credit.grant_credits(database, pub, f"u{writer}", EVENTS)
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=60)
+
+
 @pytest.mark.timeout(600)
 async def test_twenty_thousand_events_from_eight_writers_survive_relays_killed_five_times_while_two_compete(  # noqa: PLR0915
     kafka_target: KafkaTarget, tmp_path: Path
@@ -305,9 +357,10 @@ async def test_twenty_thousand_events_from_eight_writers_survive_relays_killed_f
     await apply_topics(settings.connection(), replication_factor=1)
     outbox = Outbox(connection=settings.connection(), config=settings.publisher_config(service="booking"))
     topic = settings.connection().topic("session")
+    embedded = kafka_target.profile == "embedded"  # at least once: the credits group must apply each once
     async with own_database("postgresql", tmp_path) as url:
         database = Database(url)
-        await database.migrate([OUTBOX_MIGRATION])
+        await database.migrate([OUTBOX_MIGRATION, PROCESSED_EVENTS_MIGRATION, *credit.MIGRATIONS])
         env = {
             **os.environ,
             "EVENTBUS_DATABASE_URL": url,
@@ -319,35 +372,45 @@ async def test_twenty_thousand_events_from_eight_writers_survive_relays_killed_f
             "EVENTBUS_OUTBOX_BATCH_SIZE": "200",
         }
         logs = [tmp_path / "relay-0.log", tmp_path / "relay-1.log"]
-        relays = [_relay_process(env, log) for log in logs]
-        try:
-            writing = asyncio.gather(
-                *(_write(database, outbox, writer, EVENTS // WRITERS) for writer in range(WRITERS))
-            )
-            killed_while_writing = 0
-            working_together = 0
-            for kill in range(KILLS):
-                await asyncio.sleep(3.0)  # a relay takes a second or two to start on a busy machine
-                now = await outbox_status(database, lease_s=2.0)
-                holders = {lease["owner"] for lease in now.leases if lease["owner"] and lease["expires_in_s"] > 0}
-                working_together = max(working_together, len(holders))
-                victim = kill % 2
-                relays[victim].send_signal(signal.SIGKILL)
-                relays[victim].wait(timeout=10)
-                killed_while_writing += not writing.done()
-                relays[victim] = _relay_process(env, logs[victim])
-            written = [pair for part in await writing for pair in part]
-            await until(lambda: _is_zero(backlog(database)), "the relays to empty the outbox", timeout_s=180)
-            status = await outbox_status(database)
-        finally:
-            for process in relays:
-                process.send_signal(signal.SIGTERM)
-            for process in relays:
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-            await database.close()
+        async with AsyncExitStack() as stack:
+            if embedded:
+                await stack.enter_async_context(credits_group(database, settings))
+            relays = [_relay_process(env, log) for log in logs]
+            try:
+                writing = asyncio.gather(
+                    *(_write(database, outbox, writer, EVENTS // WRITERS) for writer in range(WRITERS))
+                )
+                killed_while_writing = 0
+                working_together = 0
+                for kill in range(KILLS):
+                    await asyncio.sleep(3.0)  # a relay takes a second or two to start on a busy machine
+                    now = await outbox_status(database, lease_s=2.0)
+                    holders = {lease["owner"] for lease in now.leases if lease["owner"] and lease["expires_in_s"] > 0}
+                    working_together = max(working_together, len(holders))
+                    victim = kill % 2
+                    relays[victim].send_signal(signal.SIGKILL)
+                    relays[victim].wait(timeout=10)
+                    killed_while_writing += not writing.done()
+                    relays[victim] = _relay_process(env, logs[victim])
+                written = [pair for part in await writing for pair in part]
+                await until(lambda: _is_zero(backlog(database)), "the relays to empty the outbox", timeout_s=180)
+                status = await outbox_status(database)
+                if embedded:
+
+                    async def all_deducted() -> bool:
+                        return len(await _ledger(database)) >= EVENTS
+
+                    await until(all_deducted, "the credits group to deduct every completion", timeout_s=300)
+                    ledger = await _ledger(database)
+            finally:
+                for process in relays:
+                    process.send_signal(signal.SIGTERM)
+                for process in relays:
+                    try:
+                        process.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        process.kill()
+        await database.close()
     reads = await asyncio.to_thread(read_committed, settings.bootstrap_servers or "", [topic], EVENTS, 180.0)
     assert len(written) == EVENTS
     assert killed_while_writing == KILLS, "every kill fell while events were being written"
@@ -355,7 +418,10 @@ async def test_twenty_thousand_events_from_eight_writers_survive_relays_killed_f
     assert status.parked == 0
     counts = Counter(read.event_id for read in reads)
     assert set(counts) == {event_id for _, event_id in written}, "every committed event is in the log"
-    if kafka_target.profile == "kafka":
+    if embedded:
+        assert set(ledger) == set(counts), "every completion deducted"
+        assert set(ledger.values()) == {1}, "each completion deducted once, duplicates in the log or not"
+    else:
         duplicated = {event_id: n for event_id, n in counts.items() if n > 1}
         assert not duplicated, f"{len(duplicated)} events twice in the log on Apache Kafka"
     # per key: the first time each event appears follows the order it was written in
