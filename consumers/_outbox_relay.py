@@ -5,7 +5,8 @@ buckets (``bucket % slots``). A relay leases slots in ``eventbus_outbox_leases``
 ``lease_s``) and takes at most its fair share of them (``ceil(slots / live relays)``, relays seen in
 ``eventbus_outbox_relays``); a relay that dies stops renewing, and its slots go to the others when the lease
 runs out. One slot is worked by one task: rows in id order, ``batch_size`` at a time, so a key's events go
-out in the order they were inserted.
+out in the order they were inserted. Everything is scoped by the topic prefix (``scope``): deployments with
+different prefixes may share a database, and each relay sends its own deployment's rows only.
 
 Delivery.
 - Exactly once (Apache Kafka, idempotent producers): each slot has its own transactional producer
@@ -87,7 +88,8 @@ OUTBOX_PROGRESS_TOPIC = "outbox-progress"
 """The (compacted) topic of the exactly-once relay's progress, written in the same transactions as the events."""
 
 _COMMON_COLUMNS = (
-    " bucket SMALLINT NOT NULL, event_id VARCHAR(36) NOT NULL, event_type VARCHAR(200) NOT NULL,"
+    " scope VARCHAR(200) NOT NULL, bucket SMALLINT NOT NULL, event_id VARCHAR(36) NOT NULL,"
+    " event_type VARCHAR(200) NOT NULL,"
     " topic VARCHAR(255) NOT NULL, record_key {blob}, record_value {blob} NOT NULL, headers TEXT NOT NULL,"
     " created_at DOUBLE PRECISION NOT NULL"
 )
@@ -97,10 +99,11 @@ OUTBOX_MIGRATION = Migration(
     "transactional outbox",
     [
         "CREATE TABLE IF NOT EXISTS eventbus_outbox_leases ("
-        " slot INTEGER PRIMARY KEY, slots INTEGER NOT NULL, owner VARCHAR(200) NOT NULL,"
-        " expires_at DOUBLE PRECISION NOT NULL)",
+        " scope VARCHAR(200) NOT NULL, slot INTEGER NOT NULL, slots INTEGER NOT NULL, owner VARCHAR(200) NOT NULL,"
+        " expires_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (scope, slot))",
         "CREATE TABLE IF NOT EXISTS eventbus_outbox_relays ("
-        " owner VARCHAR(200) PRIMARY KEY, slots_owned INTEGER NOT NULL, seen_at DOUBLE PRECISION NOT NULL,"
+        " owner VARCHAR(200) PRIMARY KEY, scope VARCHAR(200) NOT NULL, slots_owned INTEGER NOT NULL,"
+        " seen_at DOUBLE PRECISION NOT NULL,"
         " sent BIGINT NOT NULL, parked BIGINT NOT NULL, errors BIGINT NOT NULL, rate DOUBLE PRECISION NOT NULL)",
     ],
     postgresql=[
@@ -110,7 +113,7 @@ OUTBOX_MIGRATION = Migration(
         "CREATE TABLE IF NOT EXISTS eventbus_outbox_parked (id BIGINT PRIMARY KEY,"
         + _COMMON_COLUMNS.format(blob="BYTEA")
         + ", error TEXT NOT NULL, parked_at DOUBLE PRECISION NOT NULL)",
-        "CREATE INDEX IF NOT EXISTS eventbus_outbox_bucket_id ON eventbus_outbox (bucket, id)",
+        "CREATE INDEX IF NOT EXISTS eventbus_outbox_scope_bucket_id ON eventbus_outbox (scope, bucket, id)",
         "CREATE OR REPLACE FUNCTION eventbus_outbox_notify() RETURNS trigger LANGUAGE plpgsql AS"
         f" $$ BEGIN PERFORM pg_notify('{OUTBOX_CHANNEL}', ''); RETURN NULL; END $$",
         "DROP TRIGGER IF EXISTS eventbus_outbox_inserted ON eventbus_outbox",
@@ -125,7 +128,7 @@ OUTBOX_MIGRATION = Migration(
         "CREATE TABLE IF NOT EXISTS eventbus_outbox_parked (id INTEGER PRIMARY KEY,"
         + _COMMON_COLUMNS.format(blob="BLOB")
         + ", error TEXT NOT NULL, parked_at DOUBLE PRECISION NOT NULL)",
-        "CREATE INDEX IF NOT EXISTS eventbus_outbox_bucket_id ON eventbus_outbox (bucket, id)",
+        "CREATE INDEX IF NOT EXISTS eventbus_outbox_scope_bucket_id ON eventbus_outbox (scope, bucket, id)",
     ],
 )
 """The outbox tables (add it to the service's migrations; ``eventbus`` commands apply it)."""
@@ -203,27 +206,35 @@ class OutboxRelay:
 
     ``run(stop)`` works until ``stop`` is set; ``stats`` tells what it did. Give the same ``publisher_config``
     as the services' publishers (acks, idempotence, message size). ``registry``: Prometheus metrics
-    (``eventbus_outbox_*``) on it. Example: ``await OutboxRelay(db, connection=c, publisher_config=p).run(stop)``
+    (``eventbus_outbox_*``) on it. ``publisher``: a started publisher to send with instead (at least once;
+    its owner starts and closes it), e.g. on ``consumers.testing.InMemoryBroker`` in unit tests.
+    Example: ``await OutboxRelay(db, connection=c, publisher_config=p).run(stop)``
     """
 
     def __init__(
         self,
         database: Database,
         *,
-        connection: KafkaConnection,
-        publisher_config: PublisherConfig,
+        connection: KafkaConnection | None = None,
+        publisher_config: PublisherConfig | None = None,
         config: RelayConfig | None = None,
         owner: str | None = None,
         registry: CollectorRegistry | None = None,
+        publisher: EventPublisher | None = None,
     ) -> None:
         self.database = database
-        self.connection = connection
-        self.publisher_config = publisher_config
+        self.connection = connection or (publisher.connection if publisher is not None else KafkaConnection())
+        self.publisher_config = publisher_config or (publisher.config if publisher is not None else PublisherConfig())
         self.config = config or RelayConfig()
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         exactly_once = self.config.exactly_once
-        self.exactly_once = publisher_config.enable_idempotence if exactly_once is None else exactly_once
-        self.progress_topic = connection.topic(OUTBOX_PROGRESS_TOPIC)
+        if publisher is not None:
+            exactly_once = False  # one given publisher, started and closed by its owner: no per-slot producers
+        self.exactly_once = self.publisher_config.enable_idempotence if exactly_once is None else exactly_once
+        self._given_publisher = publisher
+        self.progress_topic = self.connection.topic(OUTBOX_PROGRESS_TOPIC)
+        self.scope = self.connection.topic_prefix
+        """Rows, leases and relays are those of this topic prefix: deployments may share a database."""
         self.stats = RelayStats()
         slots = self.config.slots
         self._slots = {n: _Slot(n, [b for b in range(OUTBOX_BUCKETS) if b % slots == n]) for n in range(slots)}
@@ -246,7 +257,9 @@ class OutboxRelay:
         """Relay until ``stop`` is set; then finish the batches in flight, give the slots back and return."""
         self._stop = stop
         await self._ensure_leases()
-        if not self.exactly_once:
+        if self._given_publisher is not None:
+            self._publisher = self._given_publisher
+        elif not self.exactly_once:
             self._publisher = EventPublisher(connection=self.connection, config=self.publisher_config)
             await self._publisher.start()
         listener = asyncio.create_task(self._listen(), name="outbox-listen")
@@ -264,7 +277,7 @@ class OutboxRelay:
             await asyncio.gather(*tasks, return_exceptions=True)
             with contextlib.suppress(EventBusError):
                 await self._release_all()
-            if self._publisher is not None:
+            if self._publisher is not None and self._publisher is not self._given_publisher:
                 await self._publisher.close()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
@@ -308,7 +321,9 @@ class OutboxRelay:
 
         async def ensure() -> None:
             async with self.database.begin() as conn:
-                found = await conn.execute(text("SELECT slot, slots FROM eventbus_outbox_leases"))
+                found = await conn.execute(
+                    text("SELECT slot, slots FROM eventbus_outbox_leases WHERE scope = :c"), {"c": self.scope}
+                )
                 known = {row[0]: row[1] for row in found}
                 other = {count for count in known.values() if count != slots}
                 if other:
@@ -321,10 +336,10 @@ class OutboxRelay:
                     if number not in known:
                         await conn.execute(
                             text(
-                                "INSERT INTO eventbus_outbox_leases (slot, slots, owner, expires_at)"
-                                " VALUES (:s, :n, '', 0) ON CONFLICT (slot) DO NOTHING"
+                                "INSERT INTO eventbus_outbox_leases (scope, slot, slots, owner, expires_at)"
+                                " VALUES (:c, :s, :n, '', 0) ON CONFLICT (scope, slot) DO NOTHING"
                             ),
-                            {"s": number, "n": slots},
+                            {"c": self.scope, "s": number, "n": slots},
                         )
 
         await self._db(ensure, "preparing the outbox leases")
@@ -378,12 +393,14 @@ class OutboxRelay:
         async with self.database.begin() as conn:
             await conn.execute(
                 text(
-                    "INSERT INTO eventbus_outbox_relays (owner, slots_owned, seen_at, sent, parked, errors, rate)"
-                    " VALUES (:o, :k, :t, :s, :p, :e, :r) ON CONFLICT (owner) DO UPDATE SET"
+                    "INSERT INTO eventbus_outbox_relays"
+                    " (owner, scope, slots_owned, seen_at, sent, parked, errors, rate)"
+                    " VALUES (:o, :c, :k, :t, :s, :p, :e, :r) ON CONFLICT (owner) DO UPDATE SET"
                     " slots_owned = :k, seen_at = :t, sent = :s, parked = :p, errors = :e, rate = :r"
                 ),
                 {
                     "o": self.owner,
+                    "c": self.scope,
                     "k": len(owned),
                     "t": now,
                     "s": self.stats.sent,
@@ -397,15 +414,18 @@ class OutboxRelay:
             )
             live = (
                 await conn.execute(
-                    text("SELECT count(*) FROM eventbus_outbox_relays WHERE seen_at >= :t"),
-                    {"t": now - self.config.lease_s},
+                    text("SELECT count(*) FROM eventbus_outbox_relays WHERE scope = :c AND seen_at >= :t"),
+                    {"c": self.scope, "t": now - self.config.lease_s},
                 )
             ).scalar_one()
             renewed = []
             for slot in owned:
                 done = await conn.execute(
-                    text("UPDATE eventbus_outbox_leases SET expires_at = :u WHERE slot = :s AND owner = :o"),
-                    {"u": until, "s": slot.number, "o": self.owner},
+                    text(
+                        "UPDATE eventbus_outbox_leases SET expires_at = :u"
+                        " WHERE scope = :c AND slot = :s AND owner = :o"
+                    ),
+                    {"u": until, "c": self.scope, "s": slot.number, "o": self.owner},
                 )
                 if done.rowcount == 1:
                     renewed.append(slot.number)
@@ -419,13 +439,17 @@ class OutboxRelay:
                 done = await conn.execute(
                     text(
                         "UPDATE eventbus_outbox_leases SET owner = :o, expires_at = :u"
-                        " WHERE slot = :s AND (expires_at < :now OR owner = :o OR owner = '')"
+                        " WHERE scope = :c AND slot = :s AND (expires_at < :now OR owner = :o OR owner = '')"
                     ),
-                    {"o": self.owner, "u": until, "s": slot.number, "now": now},
+                    {"o": self.owner, "u": until, "c": self.scope, "s": slot.number, "now": now},
                 )
                 if done.rowcount == 1:
                     taken.append(slot.number)
-            backlog, oldest = (await conn.execute(text("SELECT count(*), min(created_at) FROM eventbus_outbox"))).one()
+            backlog, oldest = (
+                await conn.execute(
+                    text("SELECT count(*), min(created_at) FROM eventbus_outbox WHERE scope = :c"), {"c": self.scope}
+                )
+            ).one()
             return share, renewed, taken, int(backlog), oldest
 
     def _update_rate(self) -> None:
@@ -439,8 +463,11 @@ class OutboxRelay:
         async def release() -> None:
             async with self.database.begin() as conn:
                 await conn.execute(
-                    text("UPDATE eventbus_outbox_leases SET owner = '', expires_at = 0 WHERE slot = :s AND owner = :o"),
-                    {"s": slot.number, "o": self.owner},
+                    text(
+                        "UPDATE eventbus_outbox_leases SET owner = '', expires_at = 0"
+                        " WHERE scope = :c AND slot = :s AND owner = :o"
+                    ),
+                    {"c": self.scope, "s": slot.number, "o": self.owner},
                 )
 
         with contextlib.suppress(EventBusError):
@@ -450,7 +477,8 @@ class OutboxRelay:
     async def _release_all(self) -> None:
         async with self.database.begin() as conn:
             await conn.execute(
-                text("UPDATE eventbus_outbox_leases SET owner = '', expires_at = 0 WHERE owner = :o"), {"o": self.owner}
+                text("UPDATE eventbus_outbox_leases SET owner = '', expires_at = 0 WHERE scope = :c AND owner = :o"),
+                {"c": self.scope, "o": self.owner},
             )
             await conn.execute(text("DELETE FROM eventbus_outbox_relays WHERE owner = :o"), {"o": self.owner})
 
@@ -504,7 +532,7 @@ class OutboxRelay:
                 OUTBOX_TABLE.c.record_value,
                 OUTBOX_TABLE.c.headers,
             )
-            .where(OUTBOX_TABLE.c.bucket.in_(slot.buckets))
+            .where(OUTBOX_TABLE.c.scope == self.scope, OUTBOX_TABLE.c.bucket.in_(slot.buckets))
             .order_by(OUTBOX_TABLE.c.id)
             .limit(self.config.batch_size)
         )
@@ -543,9 +571,10 @@ class OutboxRelay:
             async with self.database.begin() as conn:
                 await conn.execute(
                     text(
-                        "INSERT INTO eventbus_outbox_parked (id, bucket, event_id, event_type, topic, record_key,"
+                        "INSERT INTO eventbus_outbox_parked (id, scope, bucket, event_id, event_type, topic,"
+                        " record_key,"
                         " record_value, headers, created_at, error, parked_at)"
-                        " SELECT id, bucket, event_id, event_type, topic, record_key, record_value, headers,"
+                        " SELECT id, scope, bucket, event_id, event_type, topic, record_key, record_value, headers,"
                         " created_at, :error, :now FROM eventbus_outbox WHERE id = :id"
                     ),
                     {"id": row.id, "error": f"{type(error).__name__}: {error.message}", "now": time.time()},
@@ -715,12 +744,21 @@ class OutboxStatus:
         }
 
 
-async def outbox_status(database: Database, *, lease_s: float = 15.0) -> OutboxStatus:
-    """Backlog, age of the oldest unsent event, parked rows, live relays and who holds which slot."""
+async def outbox_status(database: Database, *, scope: str = "", lease_s: float = 15.0) -> OutboxStatus:
+    """Backlog, age of the oldest unsent event, parked rows, live relays and who holds which slot.
+
+    ``scope``: the topic prefix of the deployment (its rows, relays and leases only).
+    Example: ``(await outbox_status(database, scope=connection.topic_prefix)).backlog``
+    """
     now = time.time()
+    where = {"c": scope}
     async with database.begin() as conn:
-        backlog, oldest = (await conn.execute(text("SELECT count(*), min(created_at) FROM eventbus_outbox"))).one()
-        parked = (await conn.execute(text("SELECT count(*) FROM eventbus_outbox_parked"))).scalar_one()
+        backlog, oldest = (
+            await conn.execute(text("SELECT count(*), min(created_at) FROM eventbus_outbox WHERE scope = :c"), where)
+        ).one()
+        parked = (
+            await conn.execute(text("SELECT count(*) FROM eventbus_outbox_parked WHERE scope = :c"), where)
+        ).scalar_one()
         relays = [
             {
                 "owner": row.owner,
@@ -732,11 +770,15 @@ async def outbox_status(database: Database, *, lease_s: float = 15.0) -> OutboxS
                 "errors": row.errors,
                 "rate": row.rate,
             }
-            for row in await conn.execute(text("SELECT * FROM eventbus_outbox_relays ORDER BY owner"))
+            for row in await conn.execute(
+                text("SELECT * FROM eventbus_outbox_relays WHERE scope = :c ORDER BY owner"), where
+            )
         ]
         leases = [
             {"slot": row.slot, "owner": row.owner or None, "expires_in_s": round(max(0.0, row.expires_at - now), 1)}
-            for row in await conn.execute(text("SELECT * FROM eventbus_outbox_leases ORDER BY slot"))
+            for row in await conn.execute(
+                text("SELECT * FROM eventbus_outbox_leases WHERE scope = :c ORDER BY slot"), where
+            )
         ]
     age = max(0.0, now - oldest) if oldest is not None else 0.0
     return OutboxStatus(int(backlog), age, int(parked), relays, leases)

@@ -27,7 +27,9 @@ async def _status() -> dict[str, Any]:
     database = Database(settings.database_url)
     try:
         await database.migrate(marketplace_migrations())
-        found = await outbox_status(database, lease_s=settings.relay_config().lease_s)
+        found = await outbox_status(
+            database, scope=settings.connection().topic_prefix, lease_s=settings.relay_config().lease_s
+        )
     finally:
         await database.close()
     return found.as_dict()

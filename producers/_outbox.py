@@ -54,6 +54,7 @@ OUTBOX_TABLE = Table(
     "eventbus_outbox",
     _metadata,
     Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    Column("scope", String(200), nullable=False),
     Column("bucket", SmallInteger, nullable=False),
     Column("event_id", String(36), nullable=False),
     Column("event_type", String(200), nullable=False),
@@ -102,6 +103,8 @@ class Outbox:
         self.catalog = catalog
         # Never started: only its ``prepare`` (validation, encoding, headers) is used.
         self._records = EventPublisher(connection=connection, config=config, catalog=catalog)
+        self.scope = self._records.connection.topic_prefix
+        """The topic prefix: a relay sends the rows of its own prefix only (deployments may share a database)."""
 
     def record_of(self, event: Event) -> OutgoingRecord:
         """The record the relay will send for ``event`` (what ``add`` stores)."""
@@ -124,6 +127,7 @@ class Outbox:
         now = time.time()
         rows = [
             {
+                "scope": self.scope,
                 "bucket": bucket_of(record.key),
                 "event_id": str(event.event_id),
                 "event_type": event.event_type,

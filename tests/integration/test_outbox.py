@@ -166,8 +166,8 @@ async def running_relay(database: Database, settings: Settings, **config: object
         await asyncio.wait_for(task, timeout=60)
 
 
-async def backlog(database: Database) -> int:
-    return (await outbox_status(database)).backlog
+async def backlog(database: Database, scope: str) -> int:
+    return (await outbox_status(database, scope=scope)).backlog
 
 
 @pytest.mark.parametrize("db_kind", ["sqlite", "postgresql"])
@@ -202,9 +202,15 @@ async def test_rollback_sends_nothing_and_commit_sends_exactly_that_transactions
                     },
                 )
                 kept.append(created)
-            assert await backlog(database) == 4, "nothing is sent while no relay runs"
+            assert await backlog(database, settings.connection().topic_prefix) == 4, (
+                "nothing is sent while no relay runs"
+            )
             async with running_relay(database, settings):
-                await until(lambda: _is_zero(backlog(database)), "the relay to empty the outbox", timeout_s=30)
+                await until(
+                    lambda: _is_zero(backlog(database, settings.connection().topic_prefix)),
+                    "the relay to empty the outbox",
+                    timeout_s=30,
+                )
             reads = await asyncio.to_thread(
                 read_committed, settings.bootstrap_servers or "", [settings.connection().topic("session")], 4
             )
@@ -253,11 +259,15 @@ async def test_a_row_the_broker_cannot_take_is_parked_with_its_error_and_its_key
         stop = asyncio.Event()
         task = asyncio.create_task(relay.run(stop))
         try:
-            await until(lambda: _is_zero(backlog(database)), "the outbox to empty", timeout_s=30)
+            await until(
+                lambda: _is_zero(backlog(database, settings.connection().topic_prefix)),
+                "the outbox to empty",
+                timeout_s=30,
+            )
         finally:
             stop.set()
             await task
-        status = await outbox_status(database)
+        status = await outbox_status(database, scope=settings.connection().topic_prefix)
         async with database.begin() as conn:
             parked = (await conn.execute(text("SELECT event_id, error FROM eventbus_outbox_parked"))).all()
         reads = await asyncio.to_thread(
@@ -384,7 +394,7 @@ async def test_twenty_thousand_events_from_eight_writers_survive_relays_killed_f
                 working_together = 0
                 for kill in range(KILLS):
                     await asyncio.sleep(3.0)  # a relay takes a second or two to start on a busy machine
-                    now = await outbox_status(database, lease_s=2.0)
+                    now = await outbox_status(database, scope=settings.connection().topic_prefix, lease_s=2.0)
                     holders = {lease["owner"] for lease in now.leases if lease["owner"] and lease["expires_in_s"] > 0}
                     working_together = max(working_together, len(holders))
                     victim = kill % 2
@@ -393,8 +403,12 @@ async def test_twenty_thousand_events_from_eight_writers_survive_relays_killed_f
                     killed_while_writing += not writing.done()
                     relays[victim] = _relay_process(env, logs[victim])
                 written = [pair for part in await writing for pair in part]
-                await until(lambda: _is_zero(backlog(database)), "the relays to empty the outbox", timeout_s=180)
-                status = await outbox_status(database)
+                await until(
+                    lambda: _is_zero(backlog(database, settings.connection().topic_prefix)),
+                    "the relays to empty the outbox",
+                    timeout_s=180,
+                )
+                status = await outbox_status(database, scope=settings.connection().topic_prefix)
                 if embedded:
 
                     async def all_deducted() -> bool:
@@ -469,7 +483,11 @@ async def test_postgresql_restarted_under_the_relay_it_resumes_and_nothing_is_lo
                 except Exception:  # noqa: BLE001 - the first tries meet the restart
                     await asyncio.sleep(0.2)
             await write(300)
-            await until(lambda: _is_zero(backlog(database)), "the relay to empty the outbox", timeout_s=60)
+            await until(
+                lambda: _is_zero(backlog(database, settings.connection().topic_prefix)),
+                "the relay to empty the outbox",
+                timeout_s=60,
+            )
     finally:
         await database.close()
     reads = await asyncio.to_thread(
