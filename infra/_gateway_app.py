@@ -14,6 +14,7 @@ Endpoints::
     GET  /healthz, GET /readyz                              no token
     POST /dev/token                                         only with dev tokens enabled
     GET  /docs, /openapi.json                               OpenAPI
+    GET  /, /ui/, /v1/ui/*                                  the browser screens (infra._gateway_ui)
 
 Example::
 
@@ -442,6 +443,9 @@ def create_app(bus: EventBus, config: HttpGatewayConfig, *, asyncapi: Mapping[st
     app.state.gateway = _State(bus, config, verifier)
     app.state.asyncapi = dict(asyncapi) if asyncapi is not None else asyncapi_document()
     app.include_router(_router)
+    from ._gateway_ui import mount_ui  # noqa: PLC0415 - it imports this module's auth dependencies
+
+    mount_ui(app, config)
     if config.dev_tokens:
         log.warning("development tokens are enabled: anyone can get a token with any role from POST /dev/token")
         app.include_router(_dev_router)
