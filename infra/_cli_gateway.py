@@ -5,60 +5,101 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+from typing import TYPE_CHECKING
 
 import click
+
+from consumers import Database, GroupSettings, MemoryCache, Resources
 
 from ._cli_common import cli_errors
 from ._logging import configure_logging
 from ._settings import Settings, load_settings
 
-__all__ = ["gateway"]
+if TYPE_CHECKING:
+    from .bus import EventBus
+
+__all__ = ["gateway", "listen_socket", "serve_gateway"]
 
 _GRACEFUL_S = 5
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """The bound listening socket, before anything else starts: a taken port is a clean error."""
+def listen_socket(host: str, port: int) -> socket.socket:
+    """The bound, listening socket, before anything else starts: a taken port is a clean error."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
+        sock.listen(2048)  # connections wait in the backlog until the server accepts them: none is refused
     except OSError as exc:
         sock.close()
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from exc
     return sock
 
 
-async def _serve(settings: Settings, sock: socket.socket) -> None:
+async def serve_gateway(
+    bus: EventBus,
+    settings: Settings,
+    sock: socket.socket,
+    stop: asyncio.Event,
+    force: asyncio.Event | None = None,
+) -> None:
+    """Serve the gateway's app over ``bus`` on ``sock`` until ``stop`` is set (open streams end at once).
+
+    ``force`` set as well: stop waiting for open connections. Example: ``await serve_gateway(bus, s, sock, stop)``
+    """
     import uvicorn  # noqa: PLC0415 - the web stack only when serving
 
     from ._asyncapi import asyncapi_document  # noqa: PLC0415
     from ._gateway_app import GatewayServer, begin_shutdown, create_app  # noqa: PLC0415
+
+    contract = asyncapi_document(topic_prefix=settings.connection().topic_prefix, replication=settings.replication)
+    app = create_app(bus, settings.http_config(), asyncapi=contract)
+    # access_log off: EventSource sends its token in the query string, which an access log would keep
+    config = uvicorn.Config(
+        app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=_GRACEFUL_S
+    )
+    server = GatewayServer(config)
+
+    async def stopping() -> None:
+        await stop.wait()
+        begin_shutdown(app)  # streams end now; browsers reconnect elsewhere with their Last-Event-ID
+        server.should_exit = True
+        if force is not None:
+            await force.wait()
+            server.force_exit = True
+
+    watcher = asyncio.create_task(stopping())
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        watcher.cancel()
+
+
+async def _serve(settings: Settings, sock: socket.socket) -> None:
+    from ._composition import marketplace_groups  # noqa: PLC0415
     from .bus import EventBus  # noqa: PLC0415
 
-    config = settings.http_config()
-    async with EventBus.connect(settings, service="eventbus-gateway") as bus:
-        contract = asyncapi_document(topic_prefix=settings.connection().topic_prefix, replication=settings.replication)
-        app = create_app(bus, config, asyncapi=contract)
-        server = GatewayServer(
-            uvicorn.Config(app, log_config=None, lifespan="off", timeout_graceful_shutdown=_GRACEFUL_S)
-        )
-        loop = asyncio.get_running_loop()
+    # the marketplace's groups, for their lag in /v1/stats (built on resources the gateway never uses)
+    database = Database(settings.database_url)
+    groups = list(marketplace_groups(Resources(database=database, cache=MemoryCache(), settings=GroupSettings())))
+    stop, force = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
 
-        def on_signal() -> None:
-            if server.should_exit:  # the second signal: stop waiting for open connections
-                server.force_exit = True
-            begin_shutdown(app)  # streams end now; browsers reconnect elsewhere with their Last-Event-ID
-            server.should_exit = True
+    def on_signal() -> None:
+        if stop.is_set():  # the second signal: stop waiting for open connections
+            force.set()
+        stop.set()
 
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal)
+    try:
+        async with EventBus.connect(settings, service="eventbus-gateway", groups=groups) as bus:
+            await serve_gateway(bus, settings, sock, stop, force)
+    finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, on_signal)
-        try:
-            await server.serve(sockets=[sock])
-        finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(signum)
+            loop.remove_signal_handler(signum)
+        await database.close()
 
 
 @click.command()
@@ -79,7 +120,7 @@ def gateway(host: str, port: int, log_level: str, log_format: str) -> None:
         from ._gateway_auth import TokenVerifier  # noqa: PLC0415 - refuse to start before connecting to Kafka
 
         TokenVerifier(settings.http_config())
-        sock = _listen(host, port)
+        sock = listen_socket(host, port)
         try:
             asyncio.run(_serve(settings, sock))
         finally:

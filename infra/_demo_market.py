@@ -11,9 +11,11 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from uuid import UUID
 
-from consumers import Database
+from sqlalchemy import text
+
+from consumers import Database, Migration
 from consumers.groups.credits import grant_credits
-from producers import EventPublisher, correlation_scope
+from producers import EventPublisher, Outbox, correlation_scope
 from schemas import (
     CoachProfileUpdated,
     CoachRatingUpdated,
@@ -27,7 +29,22 @@ from schemas import (
     SessionCreationFailed,
 )
 
-__all__ = ["Expectations", "Marketplace"]
+__all__ = ["DEMO_BOOKINGS_MIGRATION", "BookingRefusedError", "Expectations", "Marketplace"]
+
+DEMO_BOOKINGS_MIGRATION = Migration(
+    90,
+    "demo bookings",
+    [
+        "CREATE TABLE IF NOT EXISTS demo_bookings (session_id VARCHAR(200) PRIMARY KEY,"
+        " user_id VARCHAR(200) NOT NULL, coach_id VARCHAR(200) NOT NULL, scheduled_at TIMESTAMP NOT NULL)"
+    ],
+)
+"""The booking service's own table: a booking row and its events commit together (the outbox)."""
+
+
+class BookingRefusedError(Exception):
+    """The coach has no slot at that time: the booking transaction rolls back."""
+
 
 _SESSION_TYPES = ("Mentoría Individual", "Revisión de CV", "Sesión de Grupo", "Coaching Ejecutivo")
 _NAMES = ("Ana", "Bruno", "Carla", "Diego", "Elena", "Fabio", "Gala", "Hugo", "Irene", "Jorge", "Lucía", "Mateo")
@@ -49,8 +66,12 @@ class Expectations:
 class Marketplace:
     """Users, coaches and sessions, driven at a steady pace. Example: ``await Marketplace(...).run(20)``"""
 
-    def __init__(self, publisher: EventPublisher, database: Database, *, run_id: str, seed: int = 7) -> None:
+    def __init__(
+        self, publisher: EventPublisher, database: Database, *, run_id: str, seed: int = 7, outbox: Outbox | None = None
+    ) -> None:
         self.publisher = publisher
+        self.outbox = outbox
+        """Bookings go through it (row and events in one transaction) when given; the relay sends them."""
         self.database = database
         self.run_id = run_id
         self.rng = random.Random(seed)  # noqa: S311 - a simulation, not a secret
@@ -76,44 +97,80 @@ class Marketplace:
         self.expected.users = list(self.users)
 
     async def book(self) -> None:
-        """A client books a session (one in ten attempts fails)."""
+        """A client books a session (one in ten attempts fails): the booking service's use case.
+
+        With an outbox, the booking row, ``session:created`` and ``payment:process_required`` commit in
+        one transaction; a refused booking rolls back (nothing sent) and ``session:creation_failed``
+        is written on its own.
+        """
         self._session_seq += 1
         session_id = f"{self.run_id}-session-{self._session_seq:04d}"
         user, coach = self.rng.choice(self.users), self.rng.choice(self.coaches)
         start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=self.rng.randint(1, 14), hours=1)
         kind = self.rng.choice(_SESSION_TYPES)
+        refused = self.rng.random() < 0.1
+        created = SessionCreated(
+            session_id=session_id,
+            coach_id=coach,
+            user_id=user,
+            scheduled_at=start,
+            session_type=kind,
+            cost_credits=self.rng.choice((5, 8, 10, 12)),
+            coach_name=self._name(coach),
+            client_name=self._name(user),
+        )
         with correlation_scope(f"booking-{session_id}"):
-            if self.rng.random() < 0.1:
-                await self._publish(
+            amount = Decimal(self.rng.choice(("45.00", "90.00", "180.00", "1250.00", "2400.00")))
+            payment = PaymentProcessRequired(
+                payment_id=f"{session_id}-payment", session_id=session_id, user_id=user, amount=amount
+            )
+            try:
+                await self._store_booking(created, payment, refused=refused)
+            except BookingRefusedError as exc:
+                await self._send(
                     SessionCreationFailed(
                         session_id=session_id,
                         user_id=user,
                         coach_id=coach,
                         scheduled_at=start,
                         session_type=kind,
-                        error="el coach no tiene disponibilidad en ese horario",
+                        error=str(exc),
                     )
                 )
                 return
-            created = SessionCreated(
-                session_id=session_id,
-                coach_id=coach,
-                user_id=user,
-                scheduled_at=start,
-                session_type=kind,
-                cost_credits=self.rng.choice((5, 8, 10, 12)),
-                coach_name=self._name(coach),
-                client_name=self._name(user),
-            )
-            await self._publish(created)
             self.expected.bookings[created.event_id] = (user, coach)
-            amount = Decimal(self.rng.choice(("45.00", "90.00", "180.00", "1250.00", "2400.00")))
-            await self._publish(
-                PaymentProcessRequired(
-                    payment_id=f"{session_id}-payment", session_id=session_id, user_id=user, amount=amount
-                )
-            )
         self.open_sessions.append(created)
+
+    async def _store_booking(self, created: SessionCreated, payment: PaymentProcessRequired, *, refused: bool) -> None:
+        if self.outbox is None:
+            if refused:
+                raise BookingRefusedError("el coach no tiene disponibilidad en ese horario")
+            await self._publish(created)
+            await self._publish(payment)
+            return
+        async with self.database.begin() as conn:
+            await conn.execute(
+                text("INSERT INTO demo_bookings (session_id, user_id, coach_id, scheduled_at) VALUES (:s, :u, :c, :t)"),
+                {
+                    "s": created.session_id,
+                    "u": created.user_id,
+                    "c": created.coach_id,
+                    "t": created.scheduled_at.replace(tzinfo=None),
+                },
+            )
+            await self.outbox.add_many(conn, [created, payment])
+            if refused:  # found out after writing: the rollback takes the row and both events back
+                raise BookingRefusedError("el coach no tiene disponibilidad en ese horario")
+        self.expected.published.update([created.event_type, payment.event_type])
+
+    async def _send(self, event: Event) -> None:
+        """Through the outbox when there is one, else published directly."""
+        if self.outbox is None:
+            await self._publish(event)
+            return
+        async with self.database.begin() as conn:
+            await self.outbox.add(conn, event)
+        self.expected.published[event.event_type] += 1
 
     async def finish_one(self) -> None:
         """An open session ends: completed (four in five) or cancelled."""
