@@ -7,6 +7,7 @@ same in-memory broker, and the facade's subscriptions see their follow-up events
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -17,21 +18,33 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
-from consumers import ConsumerGroup, Database, GroupSettings, MemoryCache, ProcessedEventStore, Resources, RuntimeConfig
+from consumers import (
+    ConsumerGroup,
+    Database,
+    GroupSettings,
+    MemoryCache,
+    OutboxRelay,
+    ProcessedEventStore,
+    RelayConfig,
+    Resources,
+    RuntimeConfig,
+)
 from consumers.groups import analytics, cache, payments
 from consumers.groups import credits as credit
 from consumers.groups.payments import SimulatedGateway, WorkerOptions
 from consumers.testing import InMemoryBroker
 from infra._composition import marketplace_migrations
 from infra.bus import EventBus
-from producers import EventPublisher, PublishResult
+from producers import EventPublisher, Outbox, PublishResult
 from schemas import (
     CacheCoachDataRefreshed,
     CoachStatusChanged,
     Event,
     PaymentFailed,
     PaymentProcessed,
+    SessionCreated,
     SystemErrorEvent,
     UserCreditsUpdated,
 )
@@ -280,3 +293,124 @@ async def test_a_failing_listener_becomes_a_system_error_event_the_bus_can_watch
     assert (errors[0].consumer_group, errors[0].original_event_type) == ("session-listener", "session:created")
     assert errors[0].original_event_id == created.event_id
     assert "cannot process session:created" in errors[0].error_message
+
+
+# -- the same use cases through the transactional outbox ----------------------------------------------------
+# The service's row and its event commit in one transaction; the relay sends the event once it committed.
+
+EXAMPLE_TABLES = (
+    "CREATE TABLE IF NOT EXISTS example_sessions (session_id TEXT PRIMARY KEY, user_id TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS example_reviews (review_id TEXT PRIMARY KEY, coach_id TEXT NOT NULL, stars INT)",
+    "CREATE TABLE IF NOT EXISTS example_payments (payment_id TEXT PRIMARY KEY, amount TEXT NOT NULL)",
+)
+
+
+@pytest.fixture
+async def relayed(market: Marketplace) -> AsyncIterator[Outbox]:
+    """The market with the examples' tables, an outbox, and a relay sending to the market's broker."""
+    async with market.database.begin() as conn:
+        for statement in EXAMPLE_TABLES:
+            await conn.execute(text(statement))
+    publisher = await market.stack.enter_async_context(EventPublisher(transport=market.broker.producer()))
+    relay = OutboxRelay(market.database, publisher=publisher, config=RelayConfig(poll_interval_s=0.02))
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        yield Outbox()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+
+
+@dataclass
+class BookSessionWithOutbox:
+    """``BookSessionUseCase`` on the outbox: the session row and ``session:created`` commit together; a
+    failure rolls both back, and ``session:creation_failed`` is written on its own."""
+
+    database: Database
+    outbox: Outbox
+    fail_with: str | None = None
+
+    def _check_slot(self) -> None:
+        if self.fail_with:
+            raise SessionServiceError(self.fail_with)
+
+    async def execute(self, data: dict[str, Any]) -> dict[str, Any]:
+        try:
+            async with self.database.begin() as conn:
+                await conn.execute(
+                    text("INSERT INTO example_sessions (session_id, user_id) VALUES (:s, :u)"),
+                    {"s": data["session_id"], "u": data["user_id"]},
+                )
+                await self.outbox.publish(conn, "session:created", data)
+                self._check_slot()  # found out after writing: nothing of this transaction survives
+        except SessionServiceError as exc:
+            async with self.database.begin() as conn:
+                await self.outbox.publish(conn, "session:creation_failed", {**_booking_keys(data), "error": str(exc)})
+            raise
+        return {**data, "id": data["session_id"]}
+
+
+async def _stored(database: Database, table: str, key: str, value: str) -> int:
+    query = text(f"SELECT count(*) FROM {table} WHERE {key} = :v")  # noqa: S608 - the tests' own names
+    async with database.begin() as conn:
+        return int((await conn.execute(query, {"v": value})).scalar_one())
+
+
+async def test_booking_through_the_outbox_commits_row_and_event_together_and_a_failure_sends_neither(
+    market: Marketplace, relayed: Outbox
+) -> None:
+    screen = SessionBooking(market.bus)
+    screen.mount()
+    booked = booking_data("u-outbox")
+    await BookSessionWithOutbox(market.database, relayed).execute(booked)
+    await until(lambda: screen.status == "success", "the screen to show the booking")
+    assert await _stored(market.database, "example_sessions", "session_id", booked["session_id"]) == 1
+
+    refused = booking_data("u-outbox")
+    with pytest.raises(SessionServiceError):
+        await BookSessionWithOutbox(market.database, relayed, fail_with="sin disponibilidad").execute(refused)
+    await until(lambda: screen.status == "error", "the screen to show the failure")
+    assert screen.error == "sin disponibilidad"
+    assert await _stored(market.database, "example_sessions", "session_id", refused["session_id"]) == 0
+    created = [e for e in await market.bus.history(10, type="session:created") if isinstance(e, SessionCreated)]
+    assert [e.session_id for e in created] == [booked["session_id"]], "the rolled-back booking was never announced"
+    screen.unmount()
+
+
+async def test_review_through_the_outbox_publishes_the_rating_with_the_review_row(
+    market: Marketplace, relayed: Outbox
+) -> None:
+    coach, review = uid("coach"), uid("review")
+    async with market.database.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO example_reviews (review_id, coach_id, stars) VALUES (:r, :c, 5)"),
+            {"r": review, "c": coach},
+        )
+        event = await relayed.publish(
+            conn, "coach:rating_updated", {"coach_id": coach, "new_rating": 4.9, "review_count": 13}
+        )
+
+    async def rated() -> bool:
+        return any(e.event_id == event.event_id for e in await market.bus.history(20, type="coach:rating_updated"))
+
+    await until(rated, "the rating on the coach topic")
+    assert await _stored(market.database, "example_reviews", "review_id", review) == 1
+
+
+async def test_payment_enqueued_through_the_outbox_is_processed(market: Marketplace, relayed: Outbox) -> None:
+    gateway = SimulatedGateway(latency_s=0.0, failure_rate=0.0)
+    await market.run(payments.build(market.resources, gateway=gateway, options=WorkerOptions(poll_s=0.05)))
+    outcomes: list[str] = []
+    market.bus.subscribe("payment:processed", lambda e: outcomes.append(getattr(e, "payment_id", "")))
+    payment_id = uid("pay")
+    async with market.database.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO example_payments (payment_id, amount) VALUES (:p, '75.00')"), {"p": payment_id}
+        )
+        await relayed.publish(
+            conn,
+            "payment:process_required",
+            {"payment_id": payment_id, "session_id": uid("s"), "user_id": "u-pay", "amount": Decimal("75.00")},
+        )
+    await until(lambda: outcomes == [payment_id], "the payment processed")
