@@ -61,7 +61,7 @@ from producers import (
     OutgoingRecord,
     PublisherConfig,
     convert_kafka_error,
-    decode_headers,
+    record_headers,
 )
 from schemas.errors import BrokerTimeoutError, EventBusError, MessageTooLargeError, StorageError
 
@@ -142,7 +142,7 @@ class RelayConfig(BaseModel):
     slots: int = Field(default=4, ge=1, le=OUTBOX_BUCKETS)
     """Units of work shared among relays (each one task and, exactly once, one transactional producer).
     Every relay of a database must use the same number."""
-    batch_size: int = Field(default=500, ge=1, le=10_000)
+    batch_size: int = Field(default=1000, ge=1, le=10_000)
     """Rows sent per batch (per transaction, exactly once)."""
     poll_interval_s: float = Field(default=0.5, gt=0)
     """How often an idle slot looks for rows without a notification (SQLite: the only wake-up)."""
@@ -199,6 +199,8 @@ class _Slot:
     task: asyncio.Task[None] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     leaving: bool = False
+    sent: list[int] = field(default_factory=list)
+    """Ids of rows sent (and, exactly once, committed) but not deleted yet: the next fetch deletes them."""
 
 
 class OutboxRelay:
@@ -502,9 +504,9 @@ class OutboxRelay:
             log.info("outbox slot %d taken (%s)", slot.number, "exactly once" if self.exactly_once else "at least once")
             while not slot.leaving and not self._stop.is_set():
                 self._check_lease(slot)
+                slot.wake.clear()  # before reading: a notification that comes during the read is not lost
                 rows = await self._fetch(slot)
                 if not rows:
-                    slot.wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(slot.wake.wait(), timeout=self.config.poll_interval_s)
                     continue
@@ -516,12 +518,17 @@ class OutboxRelay:
                 self.stats.errors += 1
                 log.error("outbox slot %d stopped: %s", slot.number, exc.message)  # noqa: TRY400 - no traceback
         finally:
+            if slot.sent:
+                with contextlib.suppress(EventBusError):  # else sent again (at least once) or forgotten by progress
+                    await asyncio.wait_for(self._delete(slot.sent), timeout=5)
+                slot.sent = []
             if publisher is not None and publisher is not self._publisher:
                 with contextlib.suppress(EventBusError):
                     await publisher.close(flush=False)
             await self._release(slot)
 
     async def _fetch(self, slot: _Slot) -> list[_Row]:
+        """Delete the rows sent since the last fetch and read the next batch, in one transaction."""
         query = (
             select(
                 OUTBOX_TABLE.c.id,
@@ -536,27 +543,42 @@ class OutboxRelay:
             .order_by(OUTBOX_TABLE.c.id)
             .limit(self.config.batch_size)
         )
+        sent = list(slot.sent)
 
         async def fetch() -> list[_Row]:
             async with self.database.begin() as conn:
+                if sent:
+                    await conn.execute(self._delete_statement, {"ids": sent})
                 found = (await conn.execute(query)).all()
             return [
                 _Row(
                     row.id,
                     row.event_id,
                     row.event_type,
-                    OutgoingRecord(row.topic, row.record_key, bytes(row.record_value), decode_headers(row.headers)),
+                    OutgoingRecord(
+                        row.topic,
+                        row.record_key,
+                        row.record_value,
+                        record_headers(row.event_type, row.event_id, row.headers),
+                    ),
                 )
                 for row in found
             ]
 
         rows: list[_Row] = await self._db(fetch, f"outbox slot {slot.number}: reading rows")
+        del slot.sent[: len(sent)]
         return rows
+
+    @property
+    def _delete_statement(self) -> Any:
+        if self.database.dialect == "postgresql":  # one array parameter: the same statement whatever the count
+            return text("DELETE FROM eventbus_outbox WHERE id = ANY(:ids)")
+        return delete(OUTBOX_TABLE).where(OUTBOX_TABLE.c.id.in_(bindparam("ids", expanding=True)))
 
     async def _delete(self, ids: Sequence[int]) -> None:
         if not ids:
             return
-        statement = delete(OUTBOX_TABLE).where(OUTBOX_TABLE.c.id.in_(bindparam("ids", expanding=True)))
+        statement = self._delete_statement
 
         async def remove() -> None:
             async with self.database.begin() as conn:
@@ -612,7 +634,7 @@ class OutboxRelay:
             if outcome.split:  # a poison row aborted the transaction: find it, one row per transaction
                 step = 1
                 continue
-            await self._delete([row.id for row in outcome.sent])
+            slot.sent.extend(row.id for row in outcome.sent)  # deleted with the next fetch, one transaction
             self.stats.sent += len(outcome.sent)
             self.stats.batches += 1
             for row, error in outcome.poison:
@@ -652,7 +674,10 @@ class OutboxRelay:
         progress = OutgoingRecord(
             self.progress_topic,
             f"slot-{slot.number}".encode(),
-            json.dumps({"ids": [row.id for row in rows], "owner": self.owner, "at": time.time()}).encode(),
+            # every sent row not deleted yet: a relay taking the slot over deletes them instead of sending them again
+            json.dumps(
+                {"ids": [*slot.sent, *(row.id for row in rows)], "owner": self.owner, "at": time.time()}
+            ).encode(),
             [],
         )
         results: list[Delivery | EventBusError] = []

@@ -20,7 +20,15 @@ from ._context import (
     set_cause,
 )
 from ._kafka import KafkaProducerTransport
-from ._outbox import OUTBOX_BUCKETS, OUTBOX_TABLE, Outbox, bucket_of, decode_headers, encode_headers
+from ._outbox import (
+    OUTBOX_BUCKETS,
+    OUTBOX_TABLE,
+    Outbox,
+    bucket_of,
+    decode_headers,
+    encode_headers,
+    record_headers,
+)
 from ._partitioner import KeyPartitioner, murmur2, murmur2_partition, native_murmur2_partition
 from ._publisher import EventPublisher, PublishResult
 from ._transport import Delivery, DoneCallback, OutgoingRecord, ProducerTransport
@@ -56,6 +64,7 @@ __all__ = [
     "murmur2",
     "murmur2_partition",
     "native_murmur2_partition",
+    "record_headers",
     "reset_cause",
     "set_cause",
 ]

@@ -43,7 +43,15 @@ from ._partitioner import murmur2
 from ._publisher import EventPublisher
 from ._transport import OutgoingRecord
 
-__all__ = ["OUTBOX_BUCKETS", "OUTBOX_TABLE", "Outbox", "bucket_of", "decode_headers", "encode_headers"]
+__all__ = [
+    "OUTBOX_BUCKETS",
+    "OUTBOX_TABLE",
+    "Outbox",
+    "bucket_of",
+    "decode_headers",
+    "encode_headers",
+    "record_headers",
+]
 
 OUTBOX_BUCKETS = 64
 """Keys hash into this many buckets; a relay slot owns a fixed subset of them, so one key is always sent by
@@ -79,7 +87,29 @@ def encode_headers(headers: Sequence[tuple[str, bytes]]) -> str:
 
 def decode_headers(text: str) -> list[tuple[str, bytes]]:
     """The headers ``encode_headers`` stored."""
-    return [(str(name), str(value).encode("latin-1")) for name, value in json.loads(text)]
+    return [(str(name), str(value).encode("latin-1")) for name, value in json.loads(text)] if text else []
+
+
+def record_headers(event_type: str, event_id: str, extra: str) -> list[tuple[str, bytes]]:
+    """A row's record headers: ``event-type`` and ``event-id`` (from their columns), then the stored others.
+
+    Example: ``record_headers("session:created", "5f0c...", "")[0] == ("event-type", b"session:created")``
+    """
+    headers = [("event-type", event_type.encode()), ("event-id", event_id.encode())]
+    if extra:
+        headers += decode_headers(extra)
+    return headers
+
+
+_STANDARD = ("event-type", "event-id")
+
+
+def _extra_headers(record: OutgoingRecord) -> str:
+    """The headers to store: all but ``event-type`` and ``event-id``, which the row's columns hold (``""``: none)."""
+    if tuple(name for name, _ in record.headers[:2]) != _STANDARD:  # the publisher always puts them first
+        msg = f"a record's first headers must be {_STANDARD}, not {[name for name, _ in record.headers[:2]]}"
+        raise ValueError(msg)
+    return encode_headers(record.headers[2:]) if len(record.headers) > 2 else ""
 
 
 class Outbox:
@@ -134,7 +164,7 @@ class Outbox:
                 "topic": record.topic,
                 "record_key": record.key,
                 "record_value": record.value,
-                "headers": encode_headers(record.headers),
+                "headers": _extra_headers(record),
                 "created_at": now,
             }
             for record, event in zip(records, events, strict=True)

@@ -320,7 +320,7 @@ async def _write(database: Database, outbox: Outbox, writer: int, count: int) ->
             await outbox.add_many(conn, events)
         written.extend((event.session_id, str(event.event_id)) for event in events)
         n += size
-        await asyncio.sleep(0.06)  # about 16 s of writing: every kill falls while rows are coming in
+        await asyncio.sleep(0.08)  # about 20 s of writing: every kill (one each 3 s) falls while rows come in
     return written
 
 
