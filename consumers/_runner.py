@@ -18,7 +18,7 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
-from producers import EventPublisher, reset_cause, set_cause
+from producers import EventPublisher, codec_for, reset_cause, set_cause
 from schemas import AvroCodec, Event
 from schemas.errors import BrokerError, CommitFailedError, DecodeError, EventBusError
 
@@ -30,6 +30,7 @@ from ._group import ConsumerGroup, Handler
 from ._metrics import RuntimeMetrics, default_metrics
 from ._retry_tiers import RetryState, retry_topic_name
 from ._store import ProcessedEventStore
+from ._tracing import ProcessTracing
 from ._transport import ConsumedRecord, ConsumerTransport, TopicPartition
 
 __all__ = ["GroupRunner"]
@@ -84,7 +85,7 @@ class GroupRunner:
         self.config = config or RuntimeConfig()
         self._transport = transport
         self._publisher = publisher
-        self._codec = codec or AvroCodec(group.catalog)
+        self._codec = codec or codec_for(publisher.connection, catalog=group.catalog)
         self._store = store
         self._scope = HandlerScope(group.name, publisher, store)
         self._metrics = metrics or default_metrics()
@@ -101,6 +102,8 @@ class GroupRunner:
         self._by_type: dict[str, tuple[Any, Any, Any]] = {}
         self._background_error: BaseException | None = None
         self._commit_failures = 0
+        self._tracing: ProcessTracing | None = None
+        """OpenTelemetry process spans, or None (the usual case) when tracing is not configured; set by ``run``."""
         connection = publisher.connection
         tiers = self.config.retry_tiers_s
         self._retry_topics = [connection.topic(retry_topic_name(group.name, n)) for n in range(1, len(tiers) + 1)]
@@ -121,6 +124,8 @@ class GroupRunner:
         """Consume until ``stop`` is set, then shut down gracefully (invariant 9)."""
         if stop is not None:
             self._stop = stop
+        connection = self._publisher.connection
+        self._tracing = ProcessTracing.create(f"{connection.topic_prefix}{self.group.name}", self.group.name)
         topics = [self._publisher.connection.topic(topic) for topic in self.group.topics]
         if self._retry_topics:
             await self._transport.ensure_topics(
@@ -317,7 +322,7 @@ class GroupRunner:
         scope = self._scope
         for_record = HandlerContext.for_record
         clock = time.perf_counter
-        simple = self._failures.parked is None
+        simple = self._failures.parked is None and self._tracing is None  # traced records go through _process
         retry_states = bool(self._retry_topics)
         resume_at = self.config.max_buffered_per_partition // 2
         count = 0
@@ -390,12 +395,27 @@ class GroupRunner:
 
     async def _process(self, record: ConsumedRecord) -> bool:
         """Handle one record; True when it is done (handled, skipped, moved to a retry tier, or dead-lettered)."""
+        if self._tracing is not None and self._handles(record):
+            with self._tracing.processing(record):  # the current span for the handler, retries and dead letter
+                return await self._process_record(record)
+        return await self._process_record(record)
+
+    def _handles(self, record: ConsumedRecord) -> bool:
+        """Whether the group has a handler for the record's ``event-type`` header (True without one)."""
+        for name, value in record.headers:
+            if name == "event-type":
+                return self.group.handler_for(value.decode("utf-8", "replace")) is not None
+        return True
+
+    async def _process_record(self, record: ConsumedRecord) -> bool:
         state = RetryState.of(record) if self._retry_topics else None
         try:
             spec, fields = self._codec.decode_dict(record.value or b"")
             event = self._codec.decode_dict_as_event(spec, fields)
         except DecodeError as exc:
             now = datetime.now(UTC)
+            if self._tracing is not None:
+                self._tracing.dead_letter(exc, 0, "undecodable")
             return await self._failures.dead_letters.publish(
                 record,
                 exc,
@@ -406,6 +426,8 @@ class GroupRunner:
                 event=None,
                 reason="undecodable",
             )
+        if self._tracing is not None:
+            self._tracing.decoded(event)
         handler = self.group.handler_for(spec.event_type)
         if handler is None:
             return True
@@ -464,17 +486,24 @@ class GroupRunner:
                 retriable = is_retriable(error, self.group.retriable)
                 if retriable and attempt < limit:
                     retried.inc()
-                    if not await self._pause(backoff_delay(attempt, self.config)):
+                    delay = backoff_delay(attempt, self.config)
+                    if self._tracing is not None:
+                        self._tracing.retry(error, previous + attempt, delay)
+                    if not await self._pause(delay):
                         return False
                     continue
                 tier = self._failures.tiers.next_tier(state) if retriable else None
                 if tier is not None:
                     retried.inc()
+                    if self._tracing is not None:
+                        self._tracing.retry_tier(error, previous + attempt, self._failures.tiers.topics[tier - 1])
                     if self._failures.parked is not None:
                         self._failures.parked.park(record.key, _origin(record, state), tier)
                     return await self._failures.tiers.copy_to(
                         record, tier, state=state, attempts=previous + attempt, first_failure=first_failure
                     )
+                if self._tracing is not None:
+                    self._tracing.dead_letter(error, previous + attempt, "failed")
                 done = await self._failures.dead_letters.publish(
                     record,
                     error,

@@ -14,6 +14,7 @@ from ._cli_common import cli_errors
 from ._composition import marketplace_migrations
 from ._logging import configure_logging
 from ._settings import load_settings
+from ._telemetry import configure_telemetry
 
 __all__ = ["relay", "run_relay"]
 
@@ -62,6 +63,7 @@ def relay(metrics_port: int | None, metrics_host: str, log_level: str, log_forma
     event's own id on the embedded broker (consumers apply it once). EVENTBUS_OUTBOX_* settings.
     """
     configure_logging(level=log_level, json_format=log_format == "json")
+    configure_telemetry("eventbus-relay")
     with cli_errors():
         if metrics_port is not None:
             from prometheus_client import start_http_server  # noqa: PLC0415 - only when asked

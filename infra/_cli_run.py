@@ -24,6 +24,7 @@ from schemas.errors import ConfigurationError, EventBusError
 from ._composition import marketplace_groups, marketplace_migrations
 from ._logging import configure_logging
 from ._settings import load_settings
+from ._telemetry import configure_telemetry
 
 __all__ = ["load_registry", "run"]
 
@@ -112,6 +113,7 @@ def run(
     Several processes running the same group share its partitions.
     """
     configure_logging(level=log_level, json_format=log_format == "json")
+    configure_telemetry("eventbus-consumers")
     if metrics_port is not None:
         from prometheus_client import start_http_server  # noqa: PLC0415 - only when asked
 

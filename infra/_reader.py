@@ -24,7 +24,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
-from producers import KafkaConnection, connect_with_retry, convert_kafka_error, kafka_admin
+from producers import KafkaConnection, codec_for, connect_with_retry, convert_kafka_error, kafka_admin
 from schemas import CATALOG, AvroCodec, Event
 from schemas.errors import BrokerError, CorruptMessageError, DecodeError, UnknownTopicError
 
@@ -276,7 +276,7 @@ async def tail_records(
     broker does not have (checked before anything could create it).
     Example: ``async with aclosing(tail_records(conn, ["session"])) as records: ...``
     """
-    codec = codec or AvroCodec()
+    codec = codec or codec_for(connection)
     timeout = connection.request_timeout_s
     async with _assigned(connection, entities) as (consumer, partitions):
         if from_beginning:
@@ -365,7 +365,7 @@ async def read_history(
     """
     if count <= 0:
         return []
-    codec = codec or AvroCodec()
+    codec = codec or codec_for(connection)
     timeout = connection.request_timeout_s
     async with _assigned(connection, entities) as (consumer, partitions):
         lows = await asyncio.wait_for(consumer.beginning_offsets(partitions), timeout=timeout)
@@ -387,11 +387,12 @@ async def read_history(
 
 
 async def partition_ends(
-    connection: KafkaConnection, entities: Sequence[str] | None = None
+    connection: KafkaConnection, entities: Sequence[str] | None = None, *, topics: Sequence[str] | None = None
 ) -> dict[TopicPartition, tuple[int, int]]:
-    """(first offset, high watermark) of every partition of the entity topics, from a fetch."""
+    """(first offset, high watermark) of every partition of the entity topics (or of ``topics``, full names of
+    existing topics such as retry tiers), from a fetch."""
     timeout = connection.request_timeout_s
-    async with _assigned(connection, entities) as (consumer, partitions):
+    async with _assigned(connection, entities, topics) as (consumer, partitions):
         lows = await asyncio.wait_for(consumer.beginning_offsets(partitions), timeout=timeout)
         highs = await _high_watermarks(consumer, partitions, timeout)
     return {tp: (int(lows[tp]), highs[tp]) for tp in partitions}
@@ -431,7 +432,7 @@ async def read_all(
 
     Streams partition by partition (memory stays flat). Example: ``async for r in read_all(conn, ["system"])``
     """
-    codec = codec or AvroCodec()
+    codec = codec or codec_for(connection)
     async for raw in _read_raw(connection, entities):
         yield _decode(codec, raw)
 

@@ -28,6 +28,7 @@ from schemas.errors import ConfigurationError
 if TYPE_CHECKING:
     from consumers import ConsumerConfig, GroupSettings, RelayConfig, RuntimeConfig
     from producers import KafkaConnection, PublisherConfig
+    from schemas import AvroCodec
 
     from ._gateway_config import HttpGatewayConfig
 
@@ -66,6 +67,9 @@ SETTING_FIELDS: Mapping[str, tuple[Section, str]] = {
             "ssl_key_password",
             "connect_timeout_s",
             "request_timeout_s",
+            "schema_registry_url",
+            "schema_registry_username",
+            "schema_registry_password",
         )
     },
     # PublisherConfig
@@ -79,6 +83,7 @@ SETTING_FIELDS: Mapping[str, tuple[Section, str]] = {
     "producer_transactional_id": ("publisher", "transactional_id"),
     "max_message_bytes": ("publisher", "max_message_bytes"),
     "delivery_timeout_s": ("publisher", "delivery_timeout_s"),
+    "wire_format": ("publisher", "wire_format"),
     # ConsumerConfig
     **{
         f"consumer_{name}": ("consumer", name)
@@ -222,6 +227,14 @@ class Settings(BaseSettings):
     ssl_key_password: SecretStr | None = None
     connect_timeout_s: float | None = None
     request_timeout_s: float | None = None
+    """Also bounds each Schema Registry request."""
+    schema_registry_url: str | None = Field(default=None, repr=False)
+    """Confluent Schema Registry, e.g. ``https://registry:8081`` (comma-separated for several; ``mock://name``
+    for an in-process one in tests). With it, every consumer and reader also decodes Confluent-framed records;
+    ``wire_format=confluent`` needs it. Shown with any password in it masked."""
+    schema_registry_username: str | None = None
+    """Basic auth user of the Schema Registry (with ``schema_registry_password``)."""
+    schema_registry_password: SecretStr | None = None
 
     service_name: str | None = None
     producer_acks: Literal["all", "1", "0"] | None = None
@@ -234,6 +247,11 @@ class Settings(BaseSettings):
     """Makes publishers transactional (Apache Kafka only); one id per producing process."""
     max_message_bytes: int | None = None
     delivery_timeout_s: float | None = None
+    wire_format: Literal["single-object", "confluent"] | None = None
+    """How publishers frame event values: ``single-object`` (default; Avro single-object encoding, no registry)
+    or ``confluent`` (magic byte 0 + the schema's Schema Registry id, registered on first use under the subject
+    ``{topic}-{record full name}``; what Kafka UI, Redpanda Console, kcat, Connect, ksqlDB and Flink decode).
+    Consumers read both formats whatever this says, so a topic can migrate record by record."""
 
     consumer_auto_offset_reset: str | None = None
     consumer_session_timeout_ms: int | None = None
@@ -357,6 +375,15 @@ class Settings(BaseSettings):
             fields["service"] = service
         return _build(PublisherConfig, "publisher", **fields)
 
+    def codec(self, service: str | None = None) -> AvroCodec:
+        """The codec of these settings: writes ``wire_format``, reads both formats (Confluent with the registry).
+
+        Example: ``Settings(wire_format="confluent", schema_registry_url="mock://t").codec()``
+        """
+        from producers import codec_for  # noqa: PLC0415 - see the module docstring
+
+        return codec_for(self.connection(), self.publisher_config(service))
+
     def consumer_config(self) -> ConsumerConfig:
         """Group membership settings, after the profile defaults."""
         from consumers import ConsumerConfig  # noqa: PLC0415 - see the module docstring
@@ -413,6 +440,8 @@ class Settings(BaseSettings):
         }
         for name, (section, field) in SETTING_FIELDS.items():
             values[name] = _shown(getattr(configs[section], field))
+        if values["schema_registry_url"]:
+            values["schema_registry_url"] = ",".join(map(_mask_url, values["schema_registry_url"].split(",")))
         return values
 
     def sources(self) -> dict[str, str]:

@@ -7,7 +7,7 @@ Example::
         await publisher.publish(event)
 """
 
-from ._admin import KafkaAdmin, PartitionInfo, TopicDescription, kafka_admin
+from ._admin import GroupDescription, GroupMember, KafkaAdmin, PartitionInfo, TopicDescription, kafka_admin
 from ._config import KafkaConnection, PublisherConfig
 from ._connect import connect_with_retry, convert_kafka_error
 from ._context import (
@@ -31,6 +31,8 @@ from ._outbox import (
 )
 from ._partitioner import KeyPartitioner, murmur2, murmur2_partition, native_murmur2_partition
 from ._publisher import EventPublisher, PublishResult
+from ._schema_registry import RegistrySchemaIds, codec_for, registry_client, registry_schema_ids
+from ._tracing import tracer_or_none
 from ._transport import Delivery, DoneCallback, OutgoingRecord, ProducerTransport
 
 __all__ = [
@@ -40,6 +42,8 @@ __all__ = [
     "Delivery",
     "DoneCallback",
     "EventPublisher",
+    "GroupDescription",
+    "GroupMember",
     "KafkaAdmin",
     "KafkaConnection",
     "KafkaProducerTransport",
@@ -50,9 +54,11 @@ __all__ = [
     "ProducerTransport",
     "PublishResult",
     "PublisherConfig",
+    "RegistrySchemaIds",
     "TopicDescription",
     "bucket_of",
     "caused_by",
+    "codec_for",
     "connect_with_retry",
     "convert_kafka_error",
     "correlation_scope",
@@ -65,6 +71,9 @@ __all__ = [
     "murmur2_partition",
     "native_murmur2_partition",
     "record_headers",
+    "registry_client",
+    "registry_schema_ids",
     "reset_cause",
     "set_cause",
+    "tracer_or_none",
 ]

@@ -21,12 +21,14 @@ from typing import Any, TypeVar
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.protocol.admin import ApiVersionRequest
 
 from ._config import KafkaConnection
 from ._connect import connect_with_retry, convert_kafka_error
 
-__all__ = ["KafkaAdmin", "PartitionInfo", "TopicDescription", "kafka_admin"]
+__all__ = ["GroupDescription", "GroupMember", "KafkaAdmin", "PartitionInfo", "TopicDescription", "kafka_admin"]
 
 T = TypeVar("T")
 
@@ -51,6 +53,41 @@ class TopicDescription:
     def replication_factor(self) -> int:
         """The largest replica count of its partitions (0 without partitions)."""
         return max((len(p.replicas) for p in self.partitions), default=0)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupMember:
+    """One member of a consumer group and the partitions assigned to it.
+
+    Example: ``GroupMember("m-1", "eventbus-credits", "/127.0.0.1", (("t.session", 0),))``
+    """
+
+    member_id: str
+    client_id: str
+    host: str
+    assignment: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GroupDescription:
+    """A consumer group as its coordinator describes it (``state``: Stable, Empty, Dead, ...).
+
+    Example: ``GroupDescription("credits", "Empty").members == ()``
+    """
+
+    group: str
+    state: str
+    members: tuple[GroupMember, ...] = ()
+
+
+def _assignment(raw: bytes | None) -> tuple[tuple[str, int], ...]:
+    if not raw:
+        return ()
+    try:
+        decoded = ConsumerProtocolMemberAssignment.decode(raw)
+    except Exception:  # noqa: BLE001 - a non-consumer protocol's assignment: shown as none
+        return ()
+    return tuple(sorted((topic, int(p)) for topic, partitions in decoded.assignment for p in partitions))
 
 
 class KafkaAdmin:
@@ -113,6 +150,21 @@ class KafkaAdmin:
         cluster = await self._timed(self._client.describe_cluster())
         return len(cluster.get("brokers") or [])
 
+    async def protocol_version(self) -> str:
+        """What the broker's ApiVersions answer says of it: ``"Fetch v16 · Produce v11 · 60 APIs"`` (or ``"unknown"``).
+
+        Kafka's protocol carries no software version; the newest Fetch and Produce versions date the broker.
+        """
+        brokers = sorted(broker.nodeId for broker in self._client._client.cluster.brokers())
+        if not brokers:
+            return "unknown"
+        try:
+            response = await self._timed(self._client._send_request(ApiVersionRequest(), brokers[0]))
+        except (KafkaError, TimeoutError, AttributeError, TypeError):  # private API of aiokafka: best effort
+            return "unknown"
+        top = {int(key): int(high) for key, _low, high in response.api_versions}
+        return f"Fetch v{top.get(1, '?')} · Produce v{top.get(0, '?')} · {len(top)} APIs"
+
     async def create_topic(
         self, name: str, *, partitions: int, replication: int, configs: Mapping[str, str] | None = None
     ) -> bool:
@@ -144,6 +196,26 @@ class KafkaAdmin:
             for tp, meta in offsets.items()
             if meta is not None and meta.offset >= 0
         }
+
+    async def describe_groups(self, groups: Sequence[str]) -> list[GroupDescription]:
+        """State, members and assignments of each group (a group nobody ever joined: ``Dead`` or ``Empty``).
+
+        The embedded broker (Tansu) reports members without their assignments: those come back empty.
+        """
+        out: list[GroupDescription] = []
+        for group in groups:
+            responses = await self._timed(self._client.describe_consumer_groups([group]))
+            for response in responses:
+                for entry in response.groups:
+                    error_code, name, state = entry[0], entry[1], entry[2]
+                    if error_code != 0:
+                        out.append(GroupDescription(name, "Unknown"))
+                        continue
+                    members = tuple(
+                        GroupMember(str(m[0]), str(m[-4]), str(m[-3]), _assignment(m[-1])) for m in entry[5]
+                    )
+                    out.append(GroupDescription(str(name), str(state) or "Unknown", members))
+        return out
 
 
 @asynccontextmanager

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from schemas import WireFormat
 from schemas.errors import ConfigurationError
 
 __all__ = ["KafkaConnection", "PublisherConfig"]
@@ -47,6 +48,12 @@ class KafkaConnection(_Config):
     request_timeout_s: float = Field(default=10.0, gt=0)
     connect_timeout_s: float = Field(default=10.0, gt=0)
     """How long to keep trying to reach a broker before ``BrokerUnavailableError``."""
+    schema_registry_url: str | None = Field(default=None, pattern=r"^(https?|mock)://\S+$", repr=False)
+    """Confluent Schema Registry (``https://registry:8081``; several comma-separated; ``mock://name``: in-process,
+    for tests). Needed to publish with ``wire_format="confluent"`` and to read Confluent-framed records."""
+    schema_registry_username: str | None = None
+    """Basic auth user of the registry (with ``schema_registry_password``); or put both in the URL."""
+    schema_registry_password: SecretStr | None = None
 
     @model_validator(mode="after")
     def _check_security(self) -> KafkaConnection:
@@ -56,6 +63,12 @@ class KafkaConnection(_Config):
             raise ValueError(msg)
         if not uses_sasl and self.sasl_mechanism is not None:
             msg = f"sasl_mechanism is set but security_protocol is {self.security_protocol}"
+            raise ValueError(msg)
+        if (self.schema_registry_username is None) != (self.schema_registry_password is None):
+            msg = "schema_registry_username and schema_registry_password go together"
+            raise ValueError(msg)
+        if self.schema_registry_username is not None and self.schema_registry_url is None:
+            msg = "schema_registry_username is set but schema_registry_url is not"
             raise ValueError(msg)
         return self
 
@@ -170,6 +183,10 @@ class PublisherConfig(_Config):
 
     One id per producing process (a restarted process with the same id fences its predecessor's
     open transaction). Needs idempotence, so Apache Kafka: the embedded broker refuses both."""
+    wire_format: WireFormat = "single-object"
+    """How event values are framed: ``single-object`` (Avro single-object encoding, no registry) or
+    ``confluent`` (magic byte 0 + Schema Registry id, what Kafka UI, Connect, ksqlDB and Flink decode;
+    needs ``KafkaConnection.schema_registry_url``). Consumers read both whatever this says."""
 
     @model_validator(mode="after")
     def _check_idempotence(self) -> PublisherConfig:

@@ -24,6 +24,8 @@ from schemas.errors import (
 from ._config import KafkaConnection, PublisherConfig
 from ._context import current_causation_id, current_correlation_id
 from ._kafka import KafkaProducerTransport
+from ._schema_registry import codec_for
+from ._tracing import PublishTracing
 from ._transport import Delivery, OutgoingRecord, ProducerTransport
 
 __all__ = ["EventPublisher", "PublishResult"]
@@ -78,7 +80,7 @@ class EventPublisher:
         self.connection = connection or KafkaConnection()
         self.config = config or PublisherConfig()
         self.catalog = catalog
-        self._codec = codec or AvroCodec(catalog)
+        self._codec = codec or codec_for(self.connection, self.config, catalog)
         self._transport = transport or KafkaProducerTransport(self.connection, self.config)
         self._known_topics: set[str] = set()
         self._topics_checked_at = 0.0
@@ -96,6 +98,8 @@ class EventPublisher:
         self._transactional = self.config.transactional_id is not None
         self._in_transaction = False
         self._sendable = False  # started, and in a transaction when transactional
+        self._tracing = PublishTracing.create()
+        """OpenTelemetry spans and trace headers, or None (the usual case) when tracing is not configured."""
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -114,6 +118,7 @@ class EventPublisher:
         except BaseException:
             await self._transport.stop()
             raise
+        self._tracing = PublishTracing.create()  # again: the application may have configured it since
         self._started = True
         self._sendable = not self._transactional
 
@@ -221,6 +226,8 @@ class EventPublisher:
             headers.append(("correlation-id", correlation.encode()))
         if causation is not None:
             headers.append(("causation-id", str(causation).encode()))
+        if self._tracing is not None:
+            self._tracing.inject(headers)  # the current span's: publish()'s own, or the caller's
         return OutgoingRecord(self._topic_names[spec.event_type], spec.key_of(event).encode(), value, headers)
 
     async def _enqueue(self, record: OutgoingRecord) -> asyncio.Future[Delivery]:
@@ -255,11 +262,27 @@ class EventPublisher:
         ``max_buffered_records``: a caller waits for room when the buffer is full.
         Example: ``result = await publisher.publish(SessionCreated(...))``
         """
+        if self._tracing is not None:
+            return await self._publish_traced(event, self._tracing)
         if self._in_flight >= self._max_in_flight:
             await self._wait_for_room()
         if not self._sendable:
             self._require_started()
         return await self._settle(await self._enqueue(self.prepare(event)), event)
+
+    async def _publish_traced(self, event: Event, tracing: PublishTracing) -> PublishResult:
+        """``publish`` inside its producer span (whose context ``prepare`` puts in the headers)."""
+        span = tracing.start(self._topic_names.get(event.event_type, event.event_type))
+        with tracing.current(span):
+            if self._in_flight >= self._max_in_flight:
+                await self._wait_for_room()
+            if not self._sendable:
+                self._require_started()
+            record = self.prepare(event)
+            tracing.prepared(span, record, event)
+            result = await self._settle(await self._enqueue(record), event)
+            tracing.delivered(span, result.partition, result.offset)
+            return result
 
     async def publish_record(self, record: OutgoingRecord) -> Delivery:
         """Publish raw bytes (for example a dead letter's original record, replayed) and wait for the ack.
@@ -320,6 +343,18 @@ class EventPublisher:
 
     async def publish_many(self, events: list[Event]) -> list[PublishResult]:
         """Publish several events and wait for all acknowledgements; all are checked before any is sent."""
+        if self._tracing is not None:
+            return await self._publish_many_traced(events, self._tracing)
+        return await self._publish_many(events)
+
+    async def _publish_many_traced(self, events: list[Event], tracing: PublishTracing) -> list[PublishResult]:
+        """``publish_many`` inside one producer span (``messaging.batch.message_count``) that every record carries."""
+        topics = {self._topic_names.get(event.event_type, event.event_type) for event in events}
+        span = tracing.start(topics.pop() if len(topics) == 1 else "(several)", count=len(events))
+        with tracing.current(span):
+            return await self._publish_many(events)
+
+    async def _publish_many(self, events: list[Event]) -> list[PublishResult]:
         prepared = [self.prepare(event) for event in events]
         self._require_started()
         for topic in {record.topic for record in prepared}:
@@ -336,6 +371,8 @@ class EventPublisher:
         Waits only when ``max_buffered_records`` are unacknowledged. Failures are
         raised by the next ``flush()``. Example: ``await publisher.send(event)``
         """
+        if self._tracing is not None:
+            return await self._send_traced(event, self._tracing)
         if self._in_flight >= self._max_in_flight:
             await self._wait_for_room()
         if not self._sendable:
@@ -352,6 +389,29 @@ class EventPublisher:
         except BaseException:
             self._settled()
             raise
+        return event_id
+
+    async def _send_traced(self, event: Event, tracing: PublishTracing) -> UUID:
+        """``send`` in a producer span that ends with the broker's acknowledgement (or the failure)."""
+        span = tracing.start(self._topic_names.get(event.event_type, event.event_type))
+        with tracing.current(span, end=False):  # ended by the delivery callback, or here on an error
+            if self._in_flight >= self._max_in_flight:
+                await self._wait_for_room()
+            if not self._sendable:
+                self._require_started()
+            record = self.prepare(event)
+            tracing.prepared(span, record, event)
+            if record.topic not in self._known_topics:
+                await self._check_topic(record.topic)
+            event_id = event.metadata.event_id
+            self._in_flight += 1
+            if self._in_flight == 1:
+                self._drained.clear()
+            try:
+                await self._transport.append(record, event_id, tracing.on_sent(span, self._on_sent))
+            except BaseException:
+                self._settled()
+                raise
         return event_id
 
     async def _wait_for_room(self) -> None:

@@ -18,6 +18,16 @@ from ._base import (
 )
 from ._catalog import CATALOG, Catalog, EventSpec
 from ._codec import AvroCodec, read_fingerprint
+from ._confluent import (
+    WIRE_FORMATS,
+    MemorySchemaIds,
+    SchemaIdResolver,
+    WireFormat,
+    confluent_header,
+    read_schema_id,
+    schema_text,
+    subject_name,
+)
 from ._events import (
     HIGH_PRIORITY_AMOUNT,
     CacheCoachDataRefreshed,
@@ -60,16 +70,19 @@ from .errors import (
     PublishFailedError,
     PublishTimeoutError,
     RetriableHandlerError,
+    SchemaRegistryError,
     SerializationError,
     StorageError,
     UnknownEventTypeError,
     UnknownSchemaError,
+    UnknownSchemaIdError,
     UnknownTopicError,
 )
 
 __all__ = [
     "CATALOG",
     "HIGH_PRIORITY_AMOUNT",
+    "WIRE_FORMATS",
     "AuthenticationFailedError",
     "AvroCodec",
     "BrokerError",
@@ -96,6 +109,7 @@ __all__ = [
     "FatalHandlerError",
     "HandlerError",
     "IdempotenceUnsupportedError",
+    "MemorySchemaIds",
     "MessageTooLargeError",
     "Money",
     "NotificationAction",
@@ -110,6 +124,8 @@ __all__ = [
     "PublishTimeoutError",
     "RecordHeader",
     "RetriableHandlerError",
+    "SchemaIdResolver",
+    "SchemaRegistryError",
     "SerializationError",
     "SessionCancelled",
     "SessionCompleted",
@@ -121,10 +137,16 @@ __all__ = [
     "Timestamp",
     "UnknownEventTypeError",
     "UnknownSchemaError",
+    "UnknownSchemaIdError",
     "UnknownTopicError",
     "UserCreditsUpdated",
+    "WireFormat",
     "canonical_form",
+    "confluent_header",
     "fingerprint",
     "inline_named_types",
     "read_fingerprint",
+    "read_schema_id",
+    "schema_text",
+    "subject_name",
 ]

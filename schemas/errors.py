@@ -20,9 +20,11 @@ escapes the public API.
     ├── StorageError                   the database or cache failed (retriable unless stated)
     ├── SerializationError
     │   ├── EncodeError                a valid model that Avro could not write
-    │   └── DecodeError                bytes that are not an event we can read
-    │       ├── UnknownSchemaError         the writer fingerprint is not registered
-    │       └── CorruptMessageError        bad magic, truncated or malformed body
+    │   ├── DecodeError                bytes that are not an event we can read
+    │   │   ├── UnknownSchemaError         the writer fingerprint is not registered
+    │   │   │   └── UnknownSchemaIdError       the Schema Registry id is unknown (or not a catalog event)
+    │   │   └── CorruptMessageError        bad magic, truncated or malformed body
+    │   └── SchemaRegistryError        retriable=True unless stated: the Schema Registry failed or refused
     └── BrokerError                    retriable=True
         ├── BrokerUnavailableError     no broker answered within the timeout
         ├── BrokerTimeoutError         a request got no answer within the timeout
@@ -59,10 +61,12 @@ __all__ = [
     "PublishFailedError",
     "PublishTimeoutError",
     "RetriableHandlerError",
+    "SchemaRegistryError",
     "SerializationError",
     "StorageError",
     "UnknownEventTypeError",
     "UnknownSchemaError",
+    "UnknownSchemaIdError",
     "UnknownTopicError",
 ]
 
@@ -190,6 +194,35 @@ class UnknownSchemaError(DecodeError):
     def __init__(self, fingerprint: bytes) -> None:
         self.fingerprint = fingerprint
         super().__init__(f"unknown writer schema fingerprint {fingerprint.hex()}")
+
+
+class UnknownSchemaIdError(UnknownSchemaError):
+    """A Confluent-framed record whose schema id the Schema Registry does not have, or cannot be read as an event.
+
+    Never retriable (the registry answered); ``schema_id`` is the id read from the record.
+    Example: ``UnknownSchemaIdError(42, "no schema registry is configured")``
+    """
+
+    def __init__(self, schema_id: int, reason: str = "") -> None:
+        self.schema_id = schema_id
+        self.fingerprint = b""
+        DecodeError.__init__(self, f"unknown writer schema id {schema_id}" + (f": {reason}" if reason else ""))
+
+
+class SchemaRegistryError(SerializationError):
+    """The Schema Registry could not be reached or refused a request (Confluent wire format).
+
+    Retriable by default (the registry is down, slow or overloaded): nothing was decoded or sent,
+    so trying again later is safe. Not retriable when the registry refused for good: bad
+    credentials, an incompatible schema, a schema not registered while auto-registration is off.
+    ``status`` is the HTTP status when the registry answered. Example: ``except SchemaRegistryError as e: e.retriable``
+    """
+
+    retriable = True
+
+    def __init__(self, message: str, *, retriable: bool | None = None, status: int | None = None) -> None:
+        super().__init__(message, retriable=retriable)
+        self.status = status
 
 
 class CorruptMessageError(DecodeError):
