@@ -1,7 +1,8 @@
 """Run every benchmark and check the targets: ``python -m bench.all`` writes ``bench/results/summary.json``.
 
 ``python -m bench.all [--broker tansu|kafka] [--events N] [--rounds R] [--memory-events 100000,1000000]
-[--latency-seconds S] [--only publish,consume,latency,memory] [--profile]``
+[--latency-seconds S] [--gateway-seconds S] [--gateway-idle N] [--only publish,consume,latency,memory,outbox,gateway]
+[--profile]``
 
 Each benchmark starts its own embedded broker (unless ``EVENTBUS_BOOTSTRAP_SERVERS`` is set): Tansu, or
 Apache Kafka with ``--broker kafka`` (one node, idempotent producers: the ``kafka`` profile), and writes its
@@ -19,10 +20,10 @@ import os
 import time
 from typing import Any
 
-from . import consume, latency, memory, profile, publish
+from . import consume, gateway, latency, memory, outbox, profile, publish
 from ._common import DEFAULT_EVENTS, DEFAULT_ROUNDS, ENV_BROKER, console, print_table, results_dir, write_results
 
-STEPS = ("publish", "consume", "latency", "memory")
+STEPS = ("publish", "consume", "latency", "memory", "outbox", "gateway")
 
 
 def _ratio(payload: dict[str, Any], name: str) -> float:
@@ -71,6 +72,32 @@ def targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                     f"peak RSS {memory.LABELS[variant]} @ {int(largest):,}", peak, 150.0, at_least=False, unit=" MB"
                 )
             )
+    if box := results.get("outbox"):
+        found = box.get("targets", {})
+        if "relay_rate" in found:
+            name = f"outbox relay events/s (PostgreSQL, {outbox.relay_label(*outbox.DEFAULT_RELAY)})"
+            out.append(_target(name, float(found["relay_rate"]), outbox.TARGET_RATE, at_least=True, unit=" events/s"))
+        if "p99_commit_to_published_ms" in found:
+            rate = box.get("latency", {}).get("rate", outbox.DEFAULT_RATE)
+            value = float(found["p99_commit_to_published_ms"])
+            name = f"p99 outbox commit -> published @ {rate:,}/s"
+            out.append(_target(name, value, outbox.TARGET_P99_MS, at_least=False, unit=" ms"))
+    if gw := results.get("gateway"):
+        if streams := gw.get("streams"):
+            at = f"{streams['clients']:,} SSE clients @ {streams['rate']:,}/s"
+            p99 = float(streams["deliveries"]["p99_ms"])
+            out.append(
+                _target(f"p99 publish -> SSE client, {at}", p99, gateway.TARGET_P99_MS, at_least=False, unit=" ms")
+            )
+            rss = float(streams["rss_mb"]["peak_sampled"])
+            out.append(_target(f"gateway peak RSS, {at}", rss, gateway.TARGET_RSS_MB, at_least=False, unit=" MB"))
+            errors = float(streams["deliveries"]["errors"])
+            out.append(_target(f"SSE delivery errors, {at}", errors, 0, at_least=False, unit=""))
+        if idle := gw.get("idle"):
+            held = float(idle["connections"]["still_open"])
+            out.append(
+                _target(f"idle SSE connections held {idle['seconds']:g} s", held, idle["asked"], at_least=True, unit="")
+            )
     return out
 
 
@@ -102,6 +129,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         elif step == "memory":
             sizes = [int(s) for s in args.memory_events.split(",") if s]
             results[step] = await memory.run(sizes, args.rounds)
+        elif step == "outbox":
+            results[step] = await outbox.run(args.events, args.rounds, seconds=args.latency_seconds)
+        elif step == "gateway":
+            results[step] = await gateway.run(seconds=args.gateway_seconds, idle=args.gateway_idle)
         else:
             raise SystemExit(f"unknown step {step!r}; choose from {', '.join(STEPS)}")
         timings[step] = round(time.monotonic() - started, 1)
@@ -137,6 +168,8 @@ def main() -> None:
     parser.add_argument("--memory-events", default="100000,1000000", help="backlog sizes of the memory benchmark")
     parser.add_argument("--latency-seconds", type=float, default=10.0, help="seconds per latency measurement")
     parser.add_argument("--latency-rates", default="1000,10000", help="events/s of the latency benchmark")
+    parser.add_argument("--gateway-seconds", type=float, default=20.0, help="seconds of publishing to SSE clients")
+    parser.add_argument("--gateway-idle", type=int, default=10_000, help="idle SSE connections the gateway holds")
     parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(STEPS)}")
     parser.add_argument("--latency-diagnose", action="store_true", help="add the mixed producer/consumer pairs")
     parser.add_argument("--profile", action="store_true", help="also run bench.profile (pyinstrument)")

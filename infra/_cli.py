@@ -28,6 +28,10 @@ COMMANDS: Mapping[str, tuple[str, str]] = {
         "The AsyncAPI 3.0 document of the topics, events and consumer groups, generated from the catalog.",
     ),
     "broker": ("infra._cli_broker:broker", "Run an embedded Kafka-protocol broker until Ctrl-C."),
+    "console": (
+        "infra._cli_gateway:console_command",
+        "The gateway with the operator console opened: groups, lag, dead letters, replay, the flow of a booking.",
+    ),
     "credits": (
         "infra._cli_credits:credits_group",
         "User credit balances (EVENTBUS_DATABASE_URL; the `credits` group deducts completed sessions).",

@@ -48,6 +48,7 @@ from ._embedded import EmbeddedBroker
 from ._reader import count_event_types, partition_ends
 from ._settings import Settings, load_settings
 from ._stats import collect_stats
+from ._telemetry import configure_telemetry
 from ._topics import apply_topics
 from .bus import EventBus
 
@@ -282,7 +283,7 @@ async def run_demo(
             market = Marketplace(publisher, database, run_id=run_id, outbox=outbox)
             screens = None
             if gateway is not None and sock is not None:
-                screens = await _open_screens(stack, settings, groups, sock, gateway, market)
+                screens = await _open_screens(stack, settings, groups, sock, gateway, market, database)
             await _drive(market, duration_s, lambda: _snapshot(settings, groups, database, run_id), live=live)
             checks = await _checks(settings, database, market.expected, analytics_before)
             left = await outbox_status(database, scope=connection.topic_prefix)
@@ -335,14 +336,15 @@ async def _open_screens(
     sock: socket.socket,
     gateway: DemoGateway,
     market: Marketplace,
+    database: Database | None = None,
 ) -> asyncio.Task[None]:
-    """Serve the screens over the demo's topics, print sign-in links, open a browser.
+    """Serve the screens over the demo's topics, print sign-in links (the operator console's too), open a browser.
 
     Returns the task that waits for SIGINT/SIGTERM, then stops the gateway.
     """
     bus = await stack.enter_async_context(EventBus.connect(settings, service="eventbus-demo-gateway", groups=groups))
     stop, force = asyncio.Event(), asyncio.Event()
-    serving = asyncio.create_task(serve_gateway(bus, settings, sock, stop, force))
+    serving = asyncio.create_task(serve_gateway(bus, settings, sock, stop, force, groups=groups, database=database))
 
     async def ended() -> None:
         stop.set()
@@ -360,6 +362,10 @@ async def _open_screens(
     out.print(f"[bold]eventbus demo: the screens are at {gateway.url}[/bold] (development logins):")
     for who, query in links.items():
         out.print(f"  {who}: {gateway.url}#/login?{query}&go=1")
+    console_url = f"{gateway.url}console/"
+    out.print(
+        f"  operator console (dead letters, replay, flows): {console_url}#/login?sub=demo-operator&role=operator&go=1"
+    )
     if gateway.open_browser:
         webbrowser.open(f"{gateway.url}#/login?{links[f'client {market.users[0]}']}&go=1")
 
@@ -403,6 +409,7 @@ def demo(duration: float, no_live: bool, with_gateway: bool, host: str, port: in
     Exits 0 only when every check holds.
     """
     logging.basicConfig(level=logging.ERROR)
+    configure_telemetry("eventbus-demo")
     gateway = DemoGateway(host, port, open_browser=not no_browser) if with_gateway else None
     with cli_errors():
         checks = asyncio.run(run_demo(duration, live=not no_live, gateway=gateway, on_summary=_summary))

@@ -1,24 +1,28 @@
-"""``eventbus gateway``: the HTTP gateway (Server-Sent Events, publishing, stats, history) in the foreground."""
+"""``eventbus gateway``: the HTTP gateway (Server-Sent Events, publishing, stats, history, the operator console) in
+the foreground; ``eventbus console``: the same, with the console opened in a browser."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 import socket
+import webbrowser
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import click
 
-from consumers import Database, GroupSettings, MemoryCache, Resources
+from consumers import ConsumerGroup, Database, GroupSettings, MemoryCache, Resources
 
 from ._cli_common import cli_errors
 from ._logging import configure_logging
 from ._settings import Settings, load_settings
+from ._telemetry import configure_telemetry
 
 if TYPE_CHECKING:
     from .bus import EventBus
 
-__all__ = ["gateway", "listen_socket", "serve_gateway"]
+__all__ = ["console_command", "gateway", "listen_socket", "serve_gateway"]
 
 _GRACEFUL_S = 5
 
@@ -43,18 +47,31 @@ async def serve_gateway(
     sock: socket.socket,
     stop: asyncio.Event,
     force: asyncio.Event | None = None,
+    *,
+    groups: Sequence[ConsumerGroup] = (),
+    database: Database | None = None,
 ) -> None:
     """Serve the gateway's app over ``bus`` on ``sock`` until ``stop`` is set (open streams end at once).
 
-    ``force`` set as well: stop waiting for open connections. Example: ``await serve_gateway(bus, s, sock, stop)``
+    ``force`` set as well: stop waiting for open connections. The operator console (``/console/``) shows
+    ``groups``, and who handled what from ``database``'s processed events.
+    Example: ``await serve_gateway(bus, s, sock, stop)``
     """
     import uvicorn  # noqa: PLC0415 - the web stack only when serving
 
     from ._asyncapi import asyncapi_document  # noqa: PLC0415
+    from ._console_api import ConsoleSources, close_console  # noqa: PLC0415
     from ._gateway_app import GatewayServer, begin_shutdown, create_app  # noqa: PLC0415
 
     contract = asyncapi_document(topic_prefix=settings.connection().topic_prefix, replication=settings.replication)
-    app = create_app(bus, settings.http_config(), asyncapi=contract)
+    console = ConsoleSources(
+        settings.connection(),
+        settings.publisher_config("eventbus-console"),
+        groups,
+        database,
+        engine=settings.profile,
+    )
+    app = create_app(bus, settings.http_config(), asyncapi=contract, console=console)
     # access_log off: EventSource sends its token in the query string, which an access log would keep
     config = uvicorn.Config(
         app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=_GRACEFUL_S
@@ -74,6 +91,7 @@ async def serve_gateway(
         await server.serve(sockets=[sock])
     finally:
         watcher.cancel()
+        await close_console(app)
 
 
 async def _serve(settings: Settings, sock: socket.socket) -> None:
@@ -95,7 +113,7 @@ async def _serve(settings: Settings, sock: socket.socket) -> None:
         loop.add_signal_handler(signum, on_signal)
     try:
         async with EventBus.connect(settings, service="eventbus-gateway", groups=groups) as bus:
-            await serve_gateway(bus, settings, sock, stop, force)
+            await serve_gateway(bus, settings, sock, stop, force, groups=groups, database=database)
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
@@ -115,12 +133,42 @@ def gateway(host: str, port: int, log_level: str, log_format: str) -> None:
     on SIGTERM/SIGINT (open streams end; a second signal stops waiting for them). OpenAPI at /docs.
     """
     configure_logging(level=log_level, json_format=log_format == "json")
+    configure_telemetry("eventbus-gateway")
     with cli_errors():
         settings = load_settings()
         from ._gateway_auth import TokenVerifier  # noqa: PLC0415 - refuse to start before connecting to Kafka
 
         TokenVerifier(settings.http_config())
         sock = listen_socket(host, port)
+        try:
+            asyncio.run(_serve(settings, sock))
+        finally:
+            sock.close()
+
+
+@click.command("console")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True, help="Port to bind.")
+@click.option("--log-level", default="INFO", show_default=True)
+@click.option("--log-format", type=click.Choice(["json", "text"]), default="text", show_default=True)
+@click.option("--no-browser", is_flag=True, help="Print the console's address, open no browser.")
+def console_command(host: str, port: int, log_level: str, log_format: str, no_browser: bool) -> None:
+    """The gateway with the operator console opened: groups, lag, dead letters, replay, the flow of a booking.
+
+    Sign in as admin (reads) or operator (also replays and resets offsets). Same settings as
+    `eventbus gateway`; the console is at /console/ (and /ui/console/).
+    """
+    configure_logging(level=log_level, json_format=log_format == "json")
+    with cli_errors():
+        settings = load_settings()
+        from ._gateway_auth import TokenVerifier  # noqa: PLC0415
+
+        TokenVerifier(settings.http_config())
+        sock = listen_socket(host, port)
+        url = f"http://{host}:{port}/ui/console/"
+        click.echo(f"eventbus console: {url}")
+        if not no_browser:
+            webbrowser.open(url)
         try:
             asyncio.run(_serve(settings, sock))
         finally:

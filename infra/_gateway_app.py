@@ -15,6 +15,7 @@ Endpoints::
     POST /dev/token                                         only with dev tokens enabled
     GET  /docs, /openapi.json                               OpenAPI
     GET  /, /ui/, /v1/ui/*                                  the browser screens (infra._gateway_ui)
+    GET  /console/, /v1/console/*                           the operator console (infra._console_api)
 
 Example::
 
@@ -32,7 +33,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AsyncExitStack
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import uvicorn
 import yaml
@@ -53,6 +54,7 @@ from schemas.errors import (
 
 from ._asyncapi import asyncapi_document
 from ._gateway_auth import (
+    COACH,
     DEV_TOKEN_MAX_TTL_S,
     AuthenticationError,
     ForbiddenError,
@@ -63,7 +65,11 @@ from ._gateway_auth import (
     visible_to,
 )
 from ._gateway_config import HttpGatewayConfig
+from ._telemetry import instrument_gateway
 from .bus import CursorExpiredError, Delivered, EventBus, InvalidCursorError, SlowConsumerError
+
+if TYPE_CHECKING:
+    from ._console_api import ConsoleSources
 
 __all__ = [
     "Admin",
@@ -121,21 +127,59 @@ def sse_frame(*, data: str | None = None, event: str | None = None, id: str | No
 
     Example: ``sse_frame(event="reset", data='{"reason": "..."}')``
     """
-    lines = []
+    head = ""
     if id is not None:
-        lines.append(f"id: {id}" if id else "id")
+        head = f"id: {id}\n" if id else "id\n"
     if event is not None:
-        lines.append(f"event: {event}")
-    lines.extend(f"data: {line}" for line in (data or "").split("\n"))
-    return ("\n".join(lines) + "\n\n").encode()
+        head += f"event: {event}\n"
+    body = data or ""
+    if "\n" in body:  # each line its own data field (never for JSON: it has no raw newline)
+        body = body.replace("\n", "\ndata: ")
+    return f"{head}data: {body}\n\n".encode()
 
 
 _PING = b": ping\n\n"
 
 
+def _visible_about(who: Principal) -> list[tuple[str, str]]:
+    """What ``visible_to`` shows a non-admin is about these (field, value) pairs; the bus finds streams by them.
+
+    It must cover every event ``visible_to`` accepts (``visible_to`` still decides among them).
+    """
+    pairs = [("user_id", who.user_id)]
+    if COACH in who.roles:
+        pairs.append(("coach_id", who.coach_id))
+    return pairs
+
+
 async def _disconnected(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+class _Waker:
+    """The stream loop's ``asyncio.wait(..., return_when=FIRST_COMPLETED, timeout=...)``: the futures it watches
+    call it when done; ``wait`` returns then or after the timeout. One future and one timer per wait, where
+    ``asyncio.wait`` also builds sets and adds and removes a callback on every future, per event and ping."""
+
+    __slots__ = ("_waiter",)
+
+    def __init__(self) -> None:
+        self._waiter: asyncio.Future[None] | None = None
+
+    def __call__(self, _: object = None) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def wait(self, timeout_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        timer = loop.call_later(timeout_s, self)
+        try:
+            await self._waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
 
 
 class _EventStream(Response):
@@ -186,6 +230,9 @@ class _EventStream(Response):
         stopping: asyncio.Future[Any] = asyncio.ensure_future(self._stopping.wait())
         pending: asyncio.Future[Any] | None = None
         iterator = aiter(self._events)
+        waker = _Waker()
+        disconnected.add_done_callback(waker)
+        stopping.add_done_callback(waker)
         try:
             if not await self._write(send, f"retry: {_RETRY_MS}\n: connected\n\n".encode()):
                 return False
@@ -196,14 +243,14 @@ class _EventStream(Response):
             while True:
                 if pending is None:
                     pending = asyncio.ensure_future(anext(iterator))
-                done, _ = await asyncio.wait(
-                    {pending, disconnected, stopping}, timeout=self._heartbeat_s, return_when=asyncio.FIRST_COMPLETED
-                )
-                if disconnected in done:
+                    pending.add_done_callback(waker)
+                if not (pending.done() or disconnected.done() or stopping.done()):
+                    await waker.wait(self._heartbeat_s)
+                if disconnected.done():
                     return False
-                if stopping in done:
+                if stopping.done():
                     return True
-                if pending not in done:
+                if not pending.done():
                     body = _PING
                 else:
                     try:
@@ -306,8 +353,10 @@ async def stream_events(
     except ForbiddenError as exc:
         raise _problem(status.HTTP_403_FORBIDDEN, exc.message) from exc
     after = request.headers.get("last-event-id") or last_event_id or None
-    where = None if who.is_admin else partial(visible_to, who)
-    opened = partial(state.bus.stream, wanted, where=where, max_queue=state.config.queue_size)
+    where = about = None
+    if not who.is_admin:
+        where, about = partial(visible_to, who), _visible_about(who)
+    opened = partial(state.bus.stream, wanted, where=where, about=about, max_queue=state.config.queue_size)
     stack = AsyncExitStack()
     reset = None
     try:
@@ -427,11 +476,18 @@ async def dev_token(request: Request, wanted: DevTokenRequest) -> dict[str, Any]
     return {"access_token": token, "token_type": "bearer", "expires_in": wanted.ttl_s}
 
 
-def create_app(bus: EventBus, config: HttpGatewayConfig, *, asyncapi: Mapping[str, Any] | None = None) -> FastAPI:
+def create_app(
+    bus: EventBus,
+    config: HttpGatewayConfig,
+    *,
+    asyncapi: Mapping[str, Any] | None = None,
+    console: ConsoleSources | None = None,
+) -> FastAPI:
     """The gateway's ASGI app over an open ``bus`` (which it never opens or closes).
 
     ``asyncapi`` is the contract served at ``/asyncapi.json`` and ``/asyncapi.yaml`` (the catalog's, without
-    a topic prefix, by default). ``ConfigurationError`` when ``config`` gives no way to check tokens.
+    a topic prefix, by default); with ``console`` (its cluster, groups, database) the operator console too.
+    ``ConfigurationError`` when ``config`` gives no way to check tokens.
     Example: ``create_app(bus, config)``
     """
     verifier = TokenVerifier(config)
@@ -443,9 +499,14 @@ def create_app(bus: EventBus, config: HttpGatewayConfig, *, asyncapi: Mapping[st
     app.state.gateway = _State(bus, config, verifier)
     app.state.asyncapi = dict(asyncapi) if asyncapi is not None else asyncapi_document()
     app.include_router(_router)
+    instrument_gateway(app)  # HTTP spans, only when OpenTelemetry is configured
     from ._gateway_ui import mount_ui  # noqa: PLC0415 - it imports this module's auth dependencies
 
     mount_ui(app, config)
+    if console is not None:  # the operator console (infra._console_api), at /console/
+        from ._console_api import mount_console  # noqa: PLC0415 - it imports this module's auth dependencies
+
+        mount_console(app, console)
     if config.dev_tokens:
         log.warning("development tokens are enabled: anyone can get a token with any role from POST /dev/token")
         app.include_router(_dev_router)

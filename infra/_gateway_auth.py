@@ -9,6 +9,8 @@ The authorization table (``READABLE_TYPES``, derived from the event models)::
 
     role      reads (a type filter naming anything else: 403)              sees of those events
     admin     every type, system:error (dead letters) and cache:* too      all of them
+    operator  what admin reads; in the console it may also replay dead     all of them
+              letters and reset offsets (``may_operate``)
     coach     types carrying a user_id or coach_id: session:*, coach:*,    those whose user_id is theirs, or
               payment:*, notification:*, user:credits_updated              whose coach_id is theirs
     user      types carrying a user_id: session:*, payment:*,              those whose user_id is theirs
@@ -45,6 +47,7 @@ __all__ = [
     "ADMIN",
     "COACH",
     "DEV_TOKEN_MAX_TTL_S",
+    "OPERATOR",
     "PUBLISHABLE_TYPES",
     "READABLE_TYPES",
     "ROLES",
@@ -65,7 +68,8 @@ ADMIN = "admin"
 COACH = "coach"
 USER = "user"
 SERVICE = "service"
-ROLES = (ADMIN, COACH, USER, SERVICE)
+OPERATOR = "operator"
+ROLES = (ADMIN, OPERATOR, COACH, USER, SERVICE)
 """The roles the gateway knows; any other role in a token grants nothing."""
 
 DEV_TOKEN_MAX_TTL_S = 3600
@@ -85,6 +89,7 @@ def _carrying(*fields: str) -> frozenset[str]:
 
 READABLE_TYPES: Mapping[str, frozenset[str]] = {
     ADMIN: frozenset(CATALOG.event_types),
+    OPERATOR: frozenset(CATALOG.event_types),
     COACH: _carrying("user_id", "coach_id"),
     USER: _carrying("user_id"),
     SERVICE: frozenset(),
@@ -121,8 +126,13 @@ class Principal:
 
     @property
     def is_admin(self) -> bool:
-        """Whether the principal sees everything."""
-        return ADMIN in self.roles
+        """Whether the principal sees everything (an ``operator`` too: it reads what admin reads)."""
+        return ADMIN in self.roles or OPERATOR in self.roles
+
+    @property
+    def may_operate(self) -> bool:
+        """Whether the principal may change things in the console (replay dead letters, reset offsets)."""
+        return OPERATOR in self.roles
 
     @property
     def readable(self) -> frozenset[str]:

@@ -24,7 +24,8 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -62,30 +63,160 @@ Unsubscribe = Callable[[], None]
 """Stops a subscription; calling it again does nothing."""
 
 
+About = tuple[tuple[str, str], ...]
+"""(field, value) pairs: the events whose ``field`` is ``value`` for one of the pairs."""
+
+
 @dataclass(eq=False)
 class _Subscription:
     patterns: tuple[str, ...]
     deliver: Callable[[ReadRecord, Event], Awaitable[None]]
     start: dict[Position, int]
-    """Live records below these offsets are not this subscription's (before it began, or its catch-up's)."""
+    """Live records below these offsets are not this subscription's (before it began, or its catch-up's).
+    Never changed (subscriptions made at the same position share it)."""
     where: Callable[[Event], bool] | None = None
     cursor: dict[Position, int] | None = None
-    """For streams: the next offset per partition once the last delivered record is behind (the resume token)."""
+    """For streams: the next offset per partition once the last delivered record is behind (the resume token).
+    It moves while the subscription catches up; once live, the records the feed takes move it (read it with
+    ``EventBus._cursor_of``) and it is never changed (it may be ``start`` itself)."""
     active: bool = True
     catching_up: bool = False
     held: list[ReadRecord] = field(default_factory=list)
     """Live records that arrived while the catch-up was read, delivered after it."""
+    about: About | None = None
+    """Only events about these (field, value) pairs; None: any event."""
+    live_from: dict[Position, int] | None = None
+    """For a tracked subscription that caught up: ``EventBus._progress`` when it went live."""
+    seq: int = 0
+    """Creation order (``_Router`` delivers a record to its subscriptions in this order)."""
 
     def wants(self, record: ReadRecord) -> bool:
-        """Whether the record is this subscription's: its type matches, and ``where`` accepts the event."""
+        """Whether the record is this subscription's: its type matches, it is ``about`` one of the pairs, and
+        ``where`` accepts the event."""
         event = record.event
         if event is None or not any(matches(pattern, event.event_type) for pattern in self.patterns):
+            return False
+        if self.about is not None and not any(getattr(event, name, None) == value for name, value in self.about):
             return False
         return self.where is None or self.where(event)
 
     @property
     def name(self) -> str:
         return ",".join(self.patterns)
+
+
+class _Router:
+    """The subscriptions, found per record by what its event carries instead of each being tested per record.
+
+    A record's candidates are the subscriptions without ``about`` whose patterns match its type (cached per
+    type), plus those ``about`` a (field, value) the event carries. Candidates are still tested in full
+    (``_Subscription.wants``): the index only skips subscriptions that could not want the record.
+    """
+
+    def __init__(self) -> None:
+        self.all: dict[int, _Subscription] = {}
+        """Every live subscription, in creation order."""
+        self.catching: dict[int, _Subscription] = {}
+        """Those reading what came before (they hold every live record meanwhile)."""
+        self._open: dict[int, _Subscription] = {}
+        self._open_by_type: dict[str, list[_Subscription]] = {}
+        self._about: dict[tuple[str, str], dict[int, _Subscription]] = {}
+        self._fields: dict[str, int] = {}
+        self._next = 0
+
+    def add(self, subscription: _Subscription) -> None:
+        subscription.seq = self._next
+        self._next += 1
+        seq = subscription.seq
+        self.all[seq] = subscription
+        if subscription.catching_up:
+            self.catching[seq] = subscription
+        if subscription.about is None:
+            self._open[seq] = subscription
+            self._open_by_type.clear()
+            return
+        for pair in subscription.about:
+            self._about.setdefault(pair, {})[seq] = subscription
+            self._fields[pair[0]] = self._fields.get(pair[0], 0) + 1
+
+    def remove(self, subscription: _Subscription) -> None:
+        seq = subscription.seq
+        if self.all.get(seq) is not subscription:  # removed already
+            return
+        del self.all[seq]
+        self.catching.pop(seq, None)
+        if subscription.about is None:
+            del self._open[seq]
+            self._open_by_type.clear()
+            return
+        for pair in subscription.about:
+            bucket = self._about[pair]
+            del bucket[seq]
+            if not bucket:
+                del self._about[pair]
+            left = self._fields[pair[0]] - 1
+            if left:
+                self._fields[pair[0]] = left
+            else:
+                del self._fields[pair[0]]
+
+    def _open_for(self, event_type: str) -> list[_Subscription]:
+        found = self._open_by_type.get(event_type)
+        if found is None:
+            found = [s for s in self._open.values() if any(matches(p, event_type) for p in s.patterns)]
+            self._open_by_type[event_type] = found
+        return found
+
+    def candidates(self, event: Event | None) -> list[_Subscription]:
+        """The subscriptions that may want ``event`` (none for an undecodable record), in creation order."""
+        if event is None:
+            return []
+        found = self._open_for(event.event_type)
+        if not self._fields:
+            return found
+        about: list[_Subscription] = []
+        for name in self._fields:
+            value = getattr(event, name, None)
+            if isinstance(value, str) and (bucket := self._about.get((name, value))):
+                about.extend(bucket.values())
+        if not about:
+            return found
+        if not found and len(about) == 1:
+            return about
+        return sorted({s.seq: s for s in (*found, *about)}.values(), key=lambda s: s.seq)
+
+
+class _Inbox:
+    """A stream's undelivered events (None after the last: it overflowed) and its reader's wait for one.
+
+    ``asyncio.Queue`` for one reader, without its four deques (~3 KB per stream, most of them idle).
+    """
+
+    __slots__ = ("items", "overflow", "waiter")
+
+    def __init__(self) -> None:
+        self.items: deque[Delivered | None] | None = None
+        self.overflow = False
+        self.waiter: asyncio.Future[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.items) if self.items is not None else 0
+
+    def put(self, item: Delivered | None) -> None:
+        if self.items is None:
+            self.items = deque()
+        self.items.append(item)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def get(self) -> Delivered | None:
+        while not self.items:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        return self.items.popleft()
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +253,11 @@ class EventBus:
         self._feed = feed
         self._stats = stats
         self._codec = codec
-        self._subscriptions: list[_Subscription] = []
+        self._router = _Router()
+        self._progress: dict[Position, int] = {}
+        """Per partition, the offset after the last record the dispatch loop took (moves every live cursor)."""
+        self._start: dict[Position, int] = {}
+        """The last subscription's start, shared by the next ones made at the same position."""
         self._published: dict[Position, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._catch_ups: set[asyncio.Task[None]] = set()
@@ -145,7 +280,7 @@ class EventBus:
         """
         settings = settings or Settings()
         connection = settings.connection()
-        codec = AvroCodec()
+        codec = settings.codec(service)
         publisher = EventPublisher(connection=connection, config=settings.publisher_config(service), codec=codec)
 
         async def stats(subscriptions: int) -> BusStats:
@@ -153,7 +288,8 @@ class EventBus:
             found.subscription_count = subscriptions
             return found
 
-        return cls(publisher=publisher, feed=KafkaFeed(connection, codec), stats=stats, codec=codec)
+        feed = KafkaFeed(connection, codec, fetch_max_wait_ms=settings.consumer_config().fetch_max_wait_ms)
+        return cls(publisher=publisher, feed=feed, stats=stats, codec=codec)
 
     @classmethod
     def in_memory(
@@ -264,6 +400,7 @@ class EventBus:
         *,
         catch_up: datetime | int | Mapping[Position, int] | None,
         where: Callable[[Event], bool] | None = None,
+        about: Collection[tuple[str, str]] | None = None,
         track: bool = False,
     ) -> _Subscription:
         if not self._running:
@@ -276,13 +413,25 @@ class EventBus:
         start = self._feed.now()
         for tp, end in self._published.items():  # this bus's own publishes are before "now", fetched or not
             start[tp] = max(start.get(tp, 0), end)
+        if start == self._start:
+            start = self._start  # one dict for the many streams opened between two records
+        else:
+            self._start = start
         cursor = None
-        if track:
-            cursor = dict(start) if not isinstance(catch_up, Mapping) else {**start, **catch_up}
+        if track and catch_up is None:
+            cursor = start  # a live cursor is never changed (_cursor_of)
+        elif track:
+            cursor = {**start, **catch_up} if isinstance(catch_up, Mapping) else dict(start)
         subscription = _Subscription(
-            tuple(patterns), deliver, start, where=where, cursor=cursor, catching_up=catch_up is not None
+            tuple(patterns),
+            deliver,
+            start,
+            where=where,
+            cursor=cursor,
+            catching_up=catch_up is not None,
+            about=tuple(dict.fromkeys(about)) if about is not None else None,
         )
-        self._subscriptions.append(subscription)
+        self._router.add(subscription)
         if catch_up is not None:
             task = asyncio.get_running_loop().create_task(self._catch_up(subscription, catch_up))
             self._catch_ups.add(task)
@@ -291,8 +440,7 @@ class EventBus:
 
     def _remove(self, subscription: _Subscription) -> None:
         subscription.active = False
-        with contextlib.suppress(ValueError):
-            self._subscriptions.remove(subscription)
+        self._router.remove(subscription)
 
     @asynccontextmanager
     async def stream(
@@ -301,9 +449,14 @@ class EventBus:
         *,
         after: str | None = None,
         where: Callable[[Event], bool] | None = None,
+        about: Collection[tuple[str, str]] | None = None,
         max_queue: int = 1_000,
     ) -> AsyncIterator[AsyncIterator[Delivered]]:
         """The events matching any of ``patterns`` (and ``where``), as an async iterator, from now or ``after``.
+
+        ``about``: (field, value) pairs (``[("user_id", "u-1")]``): only events whose field has that value, for
+        one of the pairs, are the stream's. Many streams of one field each cost the feed a lookup per event,
+        where ``where`` alone is called per stream and event.
 
         Each ``Delivered`` carries a ``cursor``: passed back as ``after`` (for example from an SSE
         ``Last-Event-ID``), the stream resumes right after that event in every partition, none twice, none
@@ -315,26 +468,24 @@ class EventBus:
         positions = decode_cursor(after) if after is not None else None
         if positions is not None:
             await self._feed.check_held(positions)
-        queue: asyncio.Queue[Delivered | None] = asyncio.Queue()
-        state = {"overflow": False}
+        inbox = _Inbox()
 
         async def deliver(record: ReadRecord, event: Event) -> None:
-            if state["overflow"]:
+            if inbox.overflow:
                 return
-            assert subscription.cursor is not None  # noqa: S101 - a tracked subscription
-            if queue.qsize() >= max_queue:
-                state["overflow"] = True
+            if len(inbox) >= max_queue:
+                inbox.overflow = True
                 self._remove(subscription)
-                queue.put_nowait(None)
+                inbox.put(None)
                 return
-            cursor = encode_cursor(subscription.cursor)
-            queue.put_nowait(Delivered(event, record.topic, record.partition, record.offset, cursor))
+            cursor = encode_cursor(self._cursor_of(subscription))
+            inbox.put(Delivered(event, record.topic, record.partition, record.offset, cursor))
 
-        subscription = self._add(patterns, deliver, catch_up=positions, where=where, track=True)
+        subscription = self._add(patterns, deliver, catch_up=positions, where=where, about=about, track=True)
 
         async def iterate() -> AsyncIterator[Delivered]:
             while True:
-                item = await queue.get()
+                item = await inbox.get()
                 if item is None:
                     raise SlowConsumerError(f"the reader fell more than {max_queue} events behind; stream closed")
                 yield item
@@ -347,7 +498,7 @@ class EventBus:
     @property
     def subscription_count(self) -> int:
         """Live subscriptions (the original ``getStats().subscriptionCount``)."""
-        return len(self._subscriptions)
+        return len(self._router.all)
 
     async def _catch_up(self, subscription: _Subscription, since: datetime | int | Mapping[Position, int]) -> None:
         count = since if isinstance(since, int) else None
@@ -366,7 +517,10 @@ class EventBus:
             await self._offer(subscription, record)
         while subscription.held and subscription.active:
             await self._offer(subscription, subscription.held.pop(0))
+        if subscription.cursor is not None:
+            subscription.live_from = dict(self._progress)
         subscription.catching_up = False
+        self._router.catching.pop(subscription.seq, None)
 
     async def _dispatch(self) -> None:
         reported_at = 0.0
@@ -380,20 +534,52 @@ class EventBus:
                 await asyncio.sleep(1.0)
                 continue
             for record in batch:
-                tp = (record.topic, record.partition)
-                for subscription in list(self._subscriptions):
-                    if record.offset < subscription.start.get(tp, 0):
-                        continue
-                    if subscription.catching_up:
-                        subscription.held.append(record)
-                    else:
-                        await self._offer(subscription, record)
+                await self._route(record)
+
+    async def _route(self, record: ReadRecord) -> None:
+        """Offer ``record`` to the subscriptions that may want it, and hold it for those catching up.
+
+        Every live subscription's cursor moves past the record (``_progress``, read by ``_cursor_of``) without
+        visiting the subscriptions that cannot want it.
+        """
+        tp = (record.topic, record.partition)
+        self._progress[tp] = record.offset + 1
+        targets = self._router.candidates(record.event)
+        if self._router.catching:
+            catching = self._router.catching.values()
+            targets = sorted({s.seq: s for s in (*targets, *catching)}.values(), key=lambda s: s.seq)
+        for subscription in targets:
+            if record.offset < subscription.start.get(tp, 0):
+                continue
+            if subscription.catching_up:
+                subscription.held.append(record)
+            else:
+                await self._offer(subscription, record)
+
+    def _cursor_of(self, subscription: _Subscription) -> dict[Position, int]:
+        """A tracked subscription's cursor, including the records it was not offered.
+
+        Catching up, it is what it was offered. Live, it has been offered every record the dispatch loop took
+        since it went live (none of them below its start), so it is its cursor then, moved up to ``_progress``
+        in the partitions where the loop took a record since (made live at its start, which is at least
+        ``_progress`` then, it need not remember when).
+        """
+        cursor = subscription.cursor
+        assert cursor is not None  # noqa: S101 - a tracked subscription
+        if subscription.catching_up:
+            return cursor
+        merged = dict(cursor)
+        since = subscription.live_from
+        for tp, end in self._progress.items():
+            if end > merged.get(tp, 0) and (since is None or end > since.get(tp, 0)):
+                merged[tp] = end
+        return merged
 
     async def _offer(self, subscription: _Subscription, record: ReadRecord) -> None:
         """Advance the subscription's cursor past ``record``; deliver it when it is the subscription's."""
         if not subscription.active:
             return
-        if subscription.cursor is not None:
+        if subscription.cursor is not None and subscription.catching_up:  # live: _progress moved it already
             tp = (record.topic, record.partition)
             subscription.cursor[tp] = max(subscription.cursor.get(tp, 0), record.offset + 1)
         if record.event is not None and subscription.wants(record):
@@ -406,9 +592,7 @@ class EventBus:
         """
         ends = await self._feed.ends()
         deadline = time.monotonic() + timeout_s
-        while any(self._feed.positions.get(tp, 0) < end for tp, end in ends.items()) or any(
-            s.catching_up for s in self._subscriptions
-        ):
+        while any(self._feed.positions.get(tp, 0) < end for tp, end in ends.items()) or self._router.catching:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"subscriptions did not catch up within {timeout_s:g} s")
             await asyncio.sleep(0.01)

@@ -1,7 +1,8 @@
 // The gateway's HTTP calls, and the token kept in sessionStorage (this tab only, gone when it closes).
 
-// The page is /ui/ (or /ui/index.html): the gateway's root is one level up, whatever prefix a proxy adds.
-const ROOT = new URL("../", document.baseURI);
+// This module is /ui/api.js: the gateway's root is one level up, whatever prefix a proxy adds (and whichever page
+// imports it: the screens at /ui/, the operator console at /ui/console/).
+const ROOT = new URL("../", import.meta.url);
 const TOKEN_KEY = "eventbus.ui.token";
 
 /** An absolute URL of a gateway path ("v1/events"). */

@@ -264,4 +264,5 @@ def test_visible_to_shows_events_about_the_principal_only() -> None:
     assert seen(_user("c-1", "user")) == []  # the coach id counts for the coach role only
     assert seen(_user("svc", "service")) == []
     assert seen(_user("root", "admin")) == events
-    assert seen(_user("u-1", "operator")) == []  # an unknown role grants nothing
+    assert seen(_user("root", "operator")) == events  # an operator reads what admin reads
+    assert seen(_user("u-1", "auditor")) == []  # an unknown role grants nothing
