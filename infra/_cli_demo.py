@@ -271,7 +271,9 @@ async def run_demo(
             database,
             connection=connection,
             publisher_config=settings.publisher_config("eventbus-demo-relay"),
-            config=settings.relay_config().model_copy(update={"poll_interval_s": 0.1}),
+            # at least once (consumers dedup by event id): the demo must not wait on a cluster's first
+            # transaction coordinator set-up; exactly once is proven in tests/integration/test_outbox.py
+            config=settings.relay_config().model_copy(update={"poll_interval_s": 0.1, "exactly_once": False}),
         )
         relay_task = asyncio.create_task(relay.run(stop))
         try:
