@@ -13,17 +13,16 @@ import asyncio
 import contextlib
 import fnmatch
 import heapq
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from consumers.testing import InMemoryBroker, StoredRecord
-from producers import KafkaConnection, connect_with_retry, convert_kafka_error
+from producers import KafkaConnection, convert_kafka_error
 from schemas import CATALOG, AvroCodec
-from schemas.errors import BrokerError, DecodeError
+from schemas.errors import DecodeError
 
 from ._bus_cursor import CursorExpiredError, InvalidCursorError
 from ._reader import (
@@ -33,8 +32,6 @@ from ._reader import (
     _getmany,
     _high_watermarks,
     _read_ranges,
-    _resolve,
-    _stop,
     partition_ends,
     read_history,
 )
@@ -107,7 +104,7 @@ class KafkaFeed:
 
     async def start(self) -> None:
         """Assign every partition and seek to its high watermark (from a fetch: Tansu's ListOffsets is wrong)."""
-        live = _live_assigned(self._connection, self._fetch_max_wait_ms)
+        live = _assigned(self._connection, None, fetch_max_wait_ms=self._fetch_max_wait_ms)
         consumer, partitions = await self._stack.enter_async_context(live)
         self._consumer, self._partitions = consumer, partitions
         try:
@@ -201,37 +198,6 @@ class KafkaFeed:
     async def ends(self) -> dict[Position, int]:
         """High watermarks of every partition."""
         return {(tp.topic, tp.partition): high for tp, (_, high) in (await partition_ends(self._connection)).items()}
-
-
-@asynccontextmanager
-async def _live_assigned(
-    connection: KafkaConnection, fetch_max_wait_ms: int
-) -> AsyncIterator[tuple[AIOKafkaConsumer, list[TopicPartition]]]:
-    """``_reader._assigned`` over every entity topic, with the live feed's own fetch wait (its reads of history
-    keep ``_assigned``'s longer one: they want big fetches, not early ones)."""
-    described = await _resolve(connection, None)
-    consumer = AIOKafkaConsumer(
-        **connection.client_options(),
-        group_id=None,
-        enable_auto_commit=False,
-        fetch_max_wait_ms=fetch_max_wait_ms,
-        isolation_level="read_committed",  # records of aborted transactions are never shown
-    )
-    try:
-        await connect_with_retry(consumer.start, connection, "consumer")
-        partitions: list[TopicPartition] = []
-        for name, fallback in described.items():
-            # as in _assigned: Tansu's bootstrap metadata lists every topic, Apache Kafka's none
-            ids = consumer.partitions_for_topic(name) or fallback
-            if not ids:
-                raise BrokerError(f"no partition metadata for topic {name!r}")
-            partitions += [TopicPartition(name, pid) for pid in sorted(ids)]
-        consumer.assign(partitions)
-        yield consumer, partitions
-    except (TimeoutError, KafkaError) as exc:
-        raise convert_kafka_error(exc, f"reading {', '.join(described)}") from exc
-    finally:
-        await _stop(consumer, connection.request_timeout_s)
 
 
 def _slack(until: Mapping[Position, int], ends: Mapping[Position, int]) -> int:

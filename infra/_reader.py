@@ -192,15 +192,21 @@ async def _resolve(
 
 @asynccontextmanager
 async def _assigned(
-    connection: KafkaConnection, entities: Sequence[str] | None, topics: Sequence[str] | None = None
+    connection: KafkaConnection,
+    entities: Sequence[str] | None,
+    topics: Sequence[str] | None = None,
+    *,
+    fetch_max_wait_ms: int = _FETCH_WAIT_MS,
 ) -> AsyncIterator[tuple[AIOKafkaConsumer, list[TopicPartition]]]:
-    """A started consumer without a group, assigned every partition of the (existing) topics."""
+    """A started consumer without a group, assigned every partition of the (existing) topics.
+
+    ``fetch_max_wait_ms``: a live reader wants early fetches; a reader of history big ones (the default)."""
     described = await _resolve(connection, entities, topics)
     consumer = AIOKafkaConsumer(
         **connection.client_options(),
         group_id=None,
         enable_auto_commit=False,
-        fetch_max_wait_ms=_FETCH_WAIT_MS,
+        fetch_max_wait_ms=fetch_max_wait_ms,
         isolation_level="read_committed",  # records of aborted transactions are never shown
     )
     timeout = connection.request_timeout_s
