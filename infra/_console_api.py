@@ -54,7 +54,7 @@ from schemas import CATALOG, AvroCodec, SystemErrorEvent
 from schemas.errors import DecodeError, EventBusError, UnknownTopicError
 
 from ._cli_schemas import example_payload
-from ._console_sampler import LagSampler
+from ._console_sampler import LagSampler, retry_tiers_of
 from ._dlq import DeadLetter, DeadLetterFilter, list_dead_letters, replay_dead_letters
 from ._gateway_app import _app_state, _principal, _problem, sse_frame
 from ._gateway_auth import Principal
@@ -582,8 +582,7 @@ async def _group_lag(sources: ConsoleSources, group: ConsumerGroup) -> dict[str,
 async def _retry_backlog(sources: ConsoleSources, group: ConsumerGroup) -> list[dict[str, Any]]:
     """Records waiting in each retry tier of the group (``retry.<group>.<n>``): ends less committed offsets."""
     connection = sources.connection
-    prefix = connection.topic(f"retry.{group.name}.")
-    tiers = sorted(name for name in await existing_topics(connection) if name.startswith(prefix))
+    tiers = retry_tiers_of(connection, group.name, await existing_topics(connection))
     if not tiers:
         return []
     ends = await partition_ends(connection, topics=tiers)
@@ -600,7 +599,9 @@ async def _retry_backlog(sources: ConsoleSources, group: ConsumerGroup) -> list[
 @_router.get("/groups/{name}")
 async def group_detail(name: str, _: Reader, sources: Sources) -> dict[str, Any]:
     """Lag per partition, state, members and their assignments, the retry tiers' backlog, lag over the last hour,
-    and the group's dead letters of the last hour."""
+    the group's dead letters of the last hour, and its rates (records/s, latest and over the hour): handled
+    (committed offsets' pace), retried (into its retry tiers), dead-lettered, failed (retried + dead-lettered).
+    In-tier attempts before a move are the workers' own metrics (``/metrics``), not visible from the cluster."""
     async with _Errors():
         group = sources.group(name)
         lag, states, tiers, letters = await asyncio.gather(
@@ -610,6 +611,11 @@ async def group_detail(name: str, _: Reader, sources: Sources) -> dict[str, Any]
             list_dead_letters(sources.connection, group=name, since=datetime.now(UTC) - _HOUR),
         )
     sampler = sources.started_sampler()
+    handled, retried = sampler.handled_series(name), sampler.retried_series(name)
+    dead_lettered = sampler.spread(dead.letter.last_failure_at.timestamp() for dead in letters)
+    letters_at = dict(dead_lettered)
+    failed = [(at, value + letters_at.get(at, 0.0)) for at, value in retried]
+    rates = {"handled": handled, "failed": failed, "retried": retried, "dead_lettered": dead_lettered}
     return {
         **lag,
         "event_types": list(group.event_types),
@@ -619,8 +625,16 @@ async def group_detail(name: str, _: Reader, sources: Sources) -> dict[str, Any]
         "retry_tiers": tiers,
         "dead_letters_last_hour": len(letters),
         "lag_series": [[round(at), value] for at, value in sampler.group_series(name)],
+        "rates": {kind: series[-1][1] if series else None for kind, series in rates.items()},
+        "rate_series": {kind: [[round(at), round(value, 3)] for at, value in series] for kind, series in rates.items()},
         "groups": [g.name for g in sources.groups],
     }
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Mark a shielded read's failure as seen (its stream may be gone; the stream reports its own)."""
+    if not task.cancelled():
+        task.exception()
 
 
 @_router.get("/groups/{name}/live", response_class=StreamingResponse)
@@ -634,7 +648,12 @@ async def group_live(name: str, request: Request, _: Reader, sources: Sources) -
         yield b"retry: 2000\n: connected\n\n"
         while not stopping.is_set():
             try:
-                yield sse_frame(event="lag", data=json.dumps(await _group_lag(sources, group)))
+                # shielded: a client leaving cancels this stream, but a reader cancelled while it connects
+                # can leave a connection no one closes; the read finishes on its own (bounded by its timeouts)
+                reading = asyncio.ensure_future(_group_lag(sources, group))
+                reading.add_done_callback(_retrieved)
+                lag = await asyncio.shield(reading)
+                yield sse_frame(event="lag", data=json.dumps(lag))
             except EventBusError as exc:
                 yield sse_frame(event="problem", data=json.dumps({"message": exc.message}))
             try:

@@ -67,13 +67,15 @@ def user_token(sub: str, *roles: str, secret: str = SECRET, **claims: str) -> st
 
 @dataclass
 class Gateway:
-    """``eventbus gateway`` in a child process on a fixed port: started, killed, restarted by the tests."""
+    """``eventbus gateway`` (or ``subcommand``, ``console --no-browser`` say) in a child process on a fixed port:
+    started, killed, restarted by the tests."""
 
     port: int
     env: dict[str, str]
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    subcommand: tuple[str, ...] = ("gateway",)
 
     @property
     def url(self) -> str:
@@ -84,7 +86,7 @@ class Gateway:
         """The venv's ``eventbus`` script when there is one, otherwise the same CLI through this interpreter."""
         script = Path(sys.executable).with_name("eventbus")
         prefix = [str(script)] if script.exists() else [sys.executable, "-c", "from infra._cli import main; main()"]
-        return [*prefix, "gateway", "--port", str(self.port), "--log-format", "text", "--log-level", "WARNING"]
+        return [*prefix, *self.subcommand, "--port", str(self.port), "--log-format", "text", "--log-level", "WARNING"]
 
     def start(self) -> float:
         """Start the process and wait until ``/readyz`` answers 200; the seconds that took."""

@@ -128,7 +128,7 @@ async def market(e2e_settings: Settings, database_url: str) -> AsyncIterator[Mar
 def gateway(
     e2e_settings: Settings, market: Market, database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
-    """``eventbus gateway`` (the console on) over the module's topics and the groups' database."""
+    """``eventbus console --no-browser`` (the gateway, console on) over the module's topics and the groups' database."""
     del market  # started first: the database exists and is migrated
     connection = e2e_settings.connection()
     env = {name: value for name, value in os.environ.items() if not name.startswith("EVENTBUS_")} | {
@@ -140,8 +140,11 @@ def gateway(
         "EVENTBUS_HTTP_HEARTBEAT_S": "5",
         "EVENTBUS_DATABASE_URL": database_url,
     }
-    process = Gateway(free_port(), env, tmp_path_factory.mktemp("gateway") / "gateway.log")
+    process = Gateway(
+        free_port(), env, tmp_path_factory.mktemp("gateway") / "gateway.log", subcommand=("console", "--no-browser")
+    )
     process.start()
+    assert f"eventbus console: {process.url}/ui/console/" in process.log_tail()
     try:
         yield process
     finally:
@@ -184,6 +187,9 @@ async def test_overview_group_explorer_schemas_render(screens: Screens, market: 
     )
     assert await live.get_attribute("data-lag") is not None
     assert await page.locator('[data-testid="group-state"]').inner_text() in {"Stable", "Unknown"}
+    rates = await page.locator('[data-testid="group-rates"]').inner_text()
+    assert all(label in rates for label in ("Handled/s", "Failed/s", "Retried/s", "Dead-lettered/s"))
+    await page.wait_for_selector('[data-testid="group-rates-chart"]')
 
     await page.goto(f"{screens.gateway.url}/console/#/explorer?topic=session")
     await page.wait_for_selector('[data-testid="explorer-row"]', timeout=20_000)
@@ -254,6 +260,42 @@ async def test_poison_appears_and_its_replay_after_the_fix_is_handled_once(scree
     deductions = [entry for entry in await ledger(market.database, user) if entry.delta < 0]
     assert len(deductions) == 1
     assert await get_balance(market.database, user) == 40
+
+
+async def test_a_bulk_replay_of_a_filter_result_goes_in_chunks_with_its_progress(
+    screens: Screens, market: Market
+) -> None:
+    """150 completions one user cannot pay, found by a filter (the user's id in the error); after the fix the
+    filter's replay is sent in two requests (100 + 50) with a progress bar, and each completion is deducted once."""
+    user = f"u-bulk-{uuid.uuid4().hex[:6]}"
+    count = 150
+    for _ in range(count):
+        await market.booking(user)
+    page = await console_page(screens, "ops", "operator", f"dead-letters?group=credits&error={user}")
+    await page.wait_for_selector(f'[data-testid="dead-letter-count"][data-count="{count}"]', timeout=60_000)
+    await grant_credits(market.database, market.publisher, user, 10 * count)  # the fix
+    sent: list[str] = []
+    page.on(
+        "request",
+        lambda request: sent.append(request.post_data or "") if request.url.endswith("/dead-letters/replay") else None,
+    )
+    await page.locator('[data-testid="replay-filter"]').click()
+    await page.wait_for_selector(f'[data-testid="replay-dry-run"][data-count="{count}"]', timeout=20_000)
+    await page.locator('[data-testid="replay-confirm"]').click()
+    outcome = page.locator('[data-testid="replay-outcome"]')
+    await outcome.wait_for(timeout=60_000)
+    assert await outcome.get_attribute("data-count") == str(count)
+    assert await page.locator('[data-testid="replay-progress"]').get_attribute("value") == str(count)
+    assert await page.locator('[data-testid="replay-progress-text"]').inner_text() == f"{count} of {count} sent"
+    assert [body.count('"dry_run":false') for body in sent] == [0, 1, 1]
+
+    deadline = time.monotonic() + 60
+    while await get_balance(market.database, user) != 0:
+        assert time.monotonic() < deadline, "the replayed completions were not all handled"
+        await asyncio.sleep(0.3)
+    await asyncio.sleep(1.0)
+    deductions = [entry for entry in await ledger(market.database, user) if entry.delta < 0]
+    assert len(deductions) == count
 
 
 async def test_flow_of_a_booking_in_causal_order(screens: Screens, market: Market) -> None:

@@ -369,6 +369,34 @@ async def test_group_page_and_offsets_reset_only_without_members(console: Consol
     assert [p["partition"] for p in moved.json()["partitions"]] == [0]
 
 
+async def test_group_rates_show_handled_records_and_a_dead_letter(console: Console) -> None:
+    """With the sampler running (1 s), records handled move the group's handled/s above zero and a poison's dead
+    letter shows in dead-lettered/s and failed/s; nothing was retried (the shop has no retry tiers)."""
+    shop = console.shop
+    name = shop.group.name
+    async with _groups_running(console.settings, shop, console.database):
+        first = await console.get(f"/groups/{name}")  # starts the sampler
+        assert set(first["rates"]) == {"handled", "failed", "retried", "dead_lettered"}
+        await asyncio.sleep(1.5)
+        for n in range(6):
+            await console.publisher.publish(_session(f"rate-{n}"))
+        await console.publisher.publish(_session("poison-rate"))
+        await until(lambda: len(shop.applied) == 6, "six sessions handled", 30)
+        series: dict[str, list[list[float]]] = {}
+
+        async def rates_seen() -> bool:
+            series.update((await console.get(f"/groups/{name}"))["rate_series"])
+            return any(v for _, v in series["handled"]) and any(v for _, v in series["dead_lettered"])
+
+        deadline = time.monotonic() + 30
+        while not await rates_seen():
+            assert time.monotonic() < deadline, series
+            await asyncio.sleep(0.5)
+    assert any(v > 0 for _, v in series["failed"])
+    assert series["retried"]
+    assert not any(v for _, v in series["retried"])
+
+
 async def test_explorer_filters(console: Console) -> None:
     """Browse a topic: newest records, from an offset, by type, key, header and payload text."""
     marker = uuid.uuid4().hex[:8]

@@ -82,10 +82,16 @@ export function sparkline(series, label) {
 
 /** A line chart of [[unix seconds, value], ...] with its max and the time span labelled. */
 export function lineChart(series, { label, unit = "", testid } = {}) {
+  return linesChart([{ name: label, series }], { label, unit, testid });
+}
+
+/** Several lines ([{name, series}], one colour each, a legend below) on one time axis and one scale. */
+export function linesChart(lines, { label, unit = "", testid } = {}) {
   const width = 640;
   const height = 180;
   const left = 44;
   const bottom = 22;
+  const longest = Math.max(0, ...lines.map((line) => line.series.length));
   const box = s("svg", {
     class: "line-chart",
     viewBox: `0 0 ${width} ${height}`,
@@ -93,28 +99,38 @@ export function lineChart(series, { label, unit = "", testid } = {}) {
     role: "img",
     "aria-label": label,
     "data-testid": testid || null,
-    dataset: { points: series.length },
+    dataset: { points: longest },
   });
   box.append(s("line", { class: "axis", x1: left, y1: height - bottom, x2: width, y2: height - bottom }));
   box.append(s("line", { class: "axis", x1: left, y1: 4, x2: left, y2: height - bottom }));
-  if (series.length < 2) {
+  if (longest < 2) {
     box.append(s("text", { x: left + 10, y: height / 2 }, "Sampling… (a point every few seconds, kept for an hour)"));
     return box;
   }
-  const values = series.map((p) => p[1]);
-  const max = Math.max(1, ...values);
-  const t0 = series[0][0];
-  const t1 = series[series.length - 1][0];
+  const points = lines.flatMap((line) => line.series);
+  const max = Math.max(1, ...points.map((p) => p[1]));
+  const t0 = Math.min(...points.map((p) => p[0]));
+  const t1 = Math.max(...points.map((p) => p[0]));
   const span = Math.max(1, t1 - t0);
   const x = (t) => left + ((t - t0) / span) * (width - left - 6);
   const y = (v) => height - bottom - (v / max) * (height - bottom - 10);
-  box.append(s("polyline", { points: series.map(([t, v]) => `${x(t).toFixed(1)},${y(v).toFixed(1)}`).join(" ") }));
-  box.append(s("text", { x: 4, y: 14 }, `${count(max)}${unit}`));
+  lines.forEach((line, index) => {
+    if (line.series.length < 2) return;
+    const attrs = { class: `series-${index}`, points: line.series.map(([t, v]) => `${x(t).toFixed(1)},${y(v).toFixed(1)}`).join(" ") };
+    box.append(s("polyline", attrs, s("title", {}, line.name)));
+  });
+  box.append(s("text", { x: 4, y: 14 }, `${max < 10 ? max.toFixed(1) : count(Math.round(max))}${unit}`));
   box.append(s("text", { x: 4, y: height - bottom }, "0"));
   const fmt = (t) => new Date(t * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
   box.append(s("text", { x: left, y: height - 6 }, fmt(t0)));
   box.append(s("text", { x: width - 40, y: height - 6 }, fmt(t1)));
-  return box;
+  if (lines.length < 2) return box;
+  return h(
+    "figure",
+    { class: "chart" },
+    box,
+    h("figcaption", { class: "legend" }, lines.map((line, index) => h("span", { class: `key series-${index}` }, line.name))),
+  );
 }
 
 /** Horizontal bars of [[label, n], ...]; `href(label)` makes each bar a link. */

@@ -7,6 +7,7 @@ import { getJSON, postJSON } from "../../api.js";
 import { count, h, when } from "../../dom.js";
 import { ago, code, flowLink, hexdump, isoOf, labelled, panel, pill, problem, select, table } from "../kit.js";
 
+const REPLAY_CHUNK = 100;
 const FILTERS = ["group", "type", "error", "topic", "since", "until", "replayed"];
 
 export function mountDeadLetters(root, ctx) {
@@ -236,7 +237,7 @@ export function mountDeadLetters(root, ctx) {
       replayBox.dataset.status = String(error.status);
       return;
     }
-    const letters = plan.replayed.flatMap((entry) => entry.dead_letters);
+    const batches = plan.replayed.map((entry) => entry.dead_letters);
     const skipped = [
       plan.skipped_replayed ? `${plan.skipped_replayed} replayed before (tick “again” to send them again)` : null,
       plan.skipped_undecodable ? `${plan.skipped_undecodable} undecodable` : null,
@@ -248,7 +249,7 @@ export function mountDeadLetters(root, ctx) {
         class: "button primary",
         "data-testid": "replay-confirm",
         disabled: plan.count === 0,
-        onclick: () => send(letters, confirm),
+        onclick: () => send(batches, confirm),
       },
       `Send ${plan.count} record${plan.count === 1 ? "" : "s"}`,
     );
@@ -282,32 +283,54 @@ export function mountDeadLetters(root, ctx) {
     );
   }
 
-  async function send(letters, button) {
+  // A bulk replay goes in requests of REPLAY_CHUNK records, so the page shows its progress and a failure stops it
+  // with what was sent so far said; each request follows the rules of `eventbus dlq replay`.
+  async function send(batches, button) {
     button.disabled = true;
     button.textContent = "Replaying…";
-    try {
-      // exactly the dead letters of the dry run; the server still skips any replayed meanwhile (unless "again")
-      const outcome = await postJSON("v1/console/dead-letters/replay", { letters, ...replayOptions(), dry_run: false }, ctx.token);
-      replayBox.replaceChildren(
-        h(
-          "section",
-          { class: "panel", "data-testid": "replay-outcome", dataset: { count: outcome.count } },
-          h("h2", {}, "Replayed"),
-          h("p", { class: "notice notice-info" }, `${outcome.count} record${outcome.count === 1 ? "" : "s"} sent for ${outcome.dead_letters} dead letter${outcome.dead_letters === 1 ? "" : "s"}${outcome.skipped_replayed ? `; ${outcome.skipped_replayed} skipped: replayed meanwhile` : ""}.`),
-          table(
-            [{ label: "Original" }, { label: "Sent to" }, { label: "Dead letters" }],
-            outcome.replayed.map((entry) => [entry.original, h("span", { class: "mono" }, entry.replayed_to), entry.dead_letters.join(", ")]),
-            { testid: "replay-result" },
-          ),
-        ),
-      );
-      chosen.clear();
-      await load();
-      if (current) await inspect(current);
-    } catch (error) {
-      replayBox.replaceChildren(problem(error.message, "replay-error"));
-      replayBox.dataset.status = String(error.status);
+    const total = batches.length;
+    const bar = h("progress", { max: total, value: 0, "data-testid": "replay-progress" });
+    const said = h("span", { "data-testid": "replay-progress-text" }, `0 of ${total} sent`);
+    const progress = h("p", { class: "progress" }, bar, " ", said);
+    replayBox.append(progress);
+    const outcome = { count: 0, dead_letters: 0, skipped_replayed: 0, replayed: [] };
+    let failure = null;
+    for (let start = 0; start < total; start += REPLAY_CHUNK) {
+      const letters = batches.slice(start, start + REPLAY_CHUNK).flat();
+      try {
+        // exactly the dead letters of the dry run; the server still skips any replayed meanwhile (unless "again")
+        const part = await postJSON("v1/console/dead-letters/replay", { letters, ...replayOptions(), dry_run: false }, ctx.token);
+        outcome.count += part.count;
+        outcome.dead_letters += part.dead_letters;
+        outcome.skipped_replayed += part.skipped_replayed || 0;
+        outcome.replayed.push(...part.replayed);
+      } catch (error) {
+        failure = error;
+        break;
+      }
+      const done = Math.min(total, start + REPLAY_CHUNK);
+      bar.value = done;
+      said.textContent = `${done} of ${total} sent`;
     }
+    replayBox.replaceChildren(
+      progress,
+      failure ? problem(`Stopped after ${outcome.count} of ${total}: ${failure.message}`, "replay-error") : null,
+      h(
+        "section",
+        { class: "panel", "data-testid": "replay-outcome", dataset: { count: outcome.count } },
+        h("h2", {}, failure ? "Replayed in part" : "Replayed"),
+        h("p", { class: "notice notice-info" }, `${outcome.count} record${outcome.count === 1 ? "" : "s"} sent for ${outcome.dead_letters} dead letter${outcome.dead_letters === 1 ? "" : "s"}${outcome.skipped_replayed ? `; ${outcome.skipped_replayed} skipped: replayed meanwhile` : ""}.`),
+        table(
+          [{ label: "Original" }, { label: "Sent to" }, { label: "Dead letters" }],
+          outcome.replayed.map((entry) => [entry.original, h("span", { class: "mono" }, entry.replayed_to), entry.dead_letters.join(", ")]),
+          { testid: "replay-result" },
+        ),
+      ),
+    );
+    if (failure) replayBox.dataset.status = String(failure.status);
+    chosen.clear();
+    await load();
+    if (current) await inspect(current);
   }
 
   const timer = setInterval(() => {

@@ -1,9 +1,27 @@
-// #/group?name=<group>: lag per partition pushed live (Server-Sent Events), the lag over the last hour (sampled
-// by the gateway), state, members and their assignments, the retry tiers' backlog.
+// #/group?name=<group>: lag per partition pushed live (Server-Sent Events), the lag and the handled / failed /
+// retried / dead-lettered rates over the last hour (sampled by the gateway), state, members and their
+// assignments, the retry tiers' backlog.
 
 import { apiUrl, getJSON } from "../../api.js";
 import { count, h } from "../../dom.js";
-import { lineChart, panel, pill, problem, select, table, tile } from "../kit.js";
+import { lineChart, linesChart, panel, pill, problem, select, table, tile } from "../kit.js";
+
+const RATES = [
+  ["handled", "Handled/s"],
+  ["failed", "Failed/s"],
+  ["retried", "Retried/s"],
+  ["dead_lettered", "Dead-lettered/s"],
+];
+
+function perSecond(value) {
+  if (value === null || value === undefined) return "…";
+  return value < 10 ? value.toFixed(1) : String(Math.round(value));
+}
+
+function ratesChart(data, name) {
+  const lines = RATES.map(([kind, label]) => ({ name: label, series: data.rate_series[kind] }));
+  return linesChart(lines, { label: `Records per second of ${name} over the last hour`, testid: "group-rates-chart" });
+}
 
 export function mountGroup(root, ctx) {
   const header = h("section", { class: "screen-header" }, h("h1", {}, "Group"));
@@ -47,11 +65,17 @@ export function mountGroup(root, ctx) {
         tile("Lag", data.lag, "group-lag"),
         tile("Dead letters, last hour", data.dead_letters_last_hour, "group-dead-letters"),
       ),
+      h("div", { class: "tiles", "data-testid": "group-rates" }, RATES.map(([kind, label]) => tile(label, perSecond(data.rates[kind]), `group-rate-${kind}`))),
       h(
         "div",
         { class: "console-grid" },
         panel("Lag per partition (live)", live),
         panel("Lag over the last hour", lineChart(data.lag_series, { label: `Lag of ${name} over the last hour`, testid: "group-lag-chart" })),
+      ),
+      panel(
+        "Throughput over the last hour",
+        ratesChart(data, name),
+        h("p", { class: "muted" }, "Handled: the committed offsets' pace (handled, skipped or dead-lettered). Retried: moved into a retry tier. Failed: retried plus dead-lettered. Attempts inside a tier are the workers' own metrics (/metrics)."),
       ),
       h(
         "div",
@@ -80,11 +104,17 @@ export function mountGroup(root, ctx) {
     source = new EventSource(url);
     source.addEventListener("lag", (event) => partitions(JSON.parse(event.data)));
     timer = setInterval(async () => {
-      // the chart and members change slowly: re-read them every 15 s
+      // the charts and rates change at the sampler's pace: re-read them every 15 s
       try {
         const fresh = await getJSON(`v1/console/groups/${encodeURIComponent(name)}`, ctx.token);
         const chart = body.querySelector('[data-testid="group-lag-chart"]');
         if (chart) chart.replaceWith(lineChart(fresh.lag_series, { label: `Lag of ${name} over the last hour`, testid: "group-lag-chart" }));
+        const rates = body.querySelector('[data-testid="group-rates-chart"]');
+        if (rates) (rates.closest("figure") || rates).replaceWith(ratesChart(fresh, name));
+        for (const [kind] of RATES) {
+          const value = body.querySelector(`[data-testid="group-rate-${kind}"]`);
+          if (value) value.textContent = perSecond(fresh.rates[kind]);
+        }
       } catch {
         /* shown on the next full load */
       }
