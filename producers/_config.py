@@ -175,7 +175,9 @@ class PublisherConfig(_Config):
     linger_ms: int = Field(default=5, ge=0)
     max_batch_bytes: int = Field(default=262_144, gt=0)
     delivery_timeout_s: float = Field(default=30.0, gt=0)
-    """How long ``publish`` waits for the broker's acknowledgement."""
+    """How long a record may wait for the broker's acknowledgement, from the moment its batch opened: past it,
+    ``publish`` raises ``PublishTimeoutError`` and a ``send()`` is reported by ``flush()`` (as Java's
+    ``delivery.timeout.ms``; the record may still have been written)."""
     max_buffered_records: int = Field(default=20_000, gt=0)
     """Bound on records sent with ``send()`` and not yet acknowledged."""
     transactional_id: str | None = Field(default=None, min_length=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -14,6 +15,7 @@ from schemas.errors import (
     IdempotenceUnsupportedError,
     MessageTooLargeError,
     PublishFailedError,
+    PublishTimeoutError,
 )
 
 from ._admin import kafka_admin
@@ -35,14 +37,13 @@ class KafkaProducerTransport:
         self._connection = connection
         self._config = config
         self._producer: AIOKafkaProducer | None = None
-        self._open: dict[tuple[str, int], _OpenBatch] = {}
+        self._lanes: dict[tuple[str, int], _Lane] = {}
+        self._filled: dict[tuple[str, int], _Lane] = {}  # lanes given records since their last ship request
         self._partition_counts: dict[str, int] = {}
         self._round_robin = 0
         self._partitioner = KeyPartitioner()
         self._linger: asyncio.TimerHandle | None = None
         self._soon: asyncio.Handle | None = None
-        self._shipping: set[asyncio.Task[None]] = set()
-        self._ship_locks: dict[tuple[str, int], asyncio.Lock] = {}
 
     def _new_producer(self) -> AIOKafkaProducer:
         config = self._config
@@ -111,14 +112,19 @@ class KafkaProducerTransport:
     async def enqueue(self, record: OutgoingRecord) -> asyncio.Future[Delivery]:
         """Add the record to its partition's open batch, as ``append`` does; the future resolves on its ack.
 
-        Awaited records do not wait for the linger: the open batches ship on the event loop's next turn,
-        so what concurrent callers add in the same turn travels in one batch per partition, and a lone
-        publish leaves at once. Its offset is the batch's base offset plus its place in the batch.
+        Awaited records do not wait for the linger: a ship is asked for on the event loop's next turn, so what
+        concurrent callers add in the same turn travels in one batch per partition, and a lone publish leaves at
+        once. While the partition's previous batch waits for its place in a request, what callers add meanwhile
+        gathers in the open batch and leaves as one. Its offset is the batch's base offset plus its place.
         """
-        future: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
-        await self._add(record, future, None)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Delivery] = loop.create_future()
+        count = self._partition_counts.get(record.topic)
+        if count is None:
+            count = await self._count_partitions(record.topic)
+        self._place(record, count, future, None)
         if self._soon is None:
-            self._soon = asyncio.get_running_loop().call_soon(self._ship_soon)
+            self._soon = loop.call_soon(self._ship_soon)
         return future
 
     async def append(self, record: OutgoingRecord, token: object, done: DoneCallback) -> None:
@@ -126,29 +132,40 @@ class KafkaProducerTransport:
 
         The partition is the Java client's: murmur2 of the key (round robin without a key).
         """
-        await self._add(record, token, done)
+        count = self._partition_counts.get(record.topic)
+        if count is None:
+            count = await self._count_partitions(record.topic)
+        filled = self._place(record, count, token, done)
         if self._linger is None:
             self._linger = asyncio.get_running_loop().call_later(self._config.linger_ms / 1000, self._linger_expired)
+        if filled is not None and filled.shipper is not None:
+            # a batch is full: wait until aiokafka has it, as aiokafka's own send() would; without this a
+            # loop of send() calls never yields and the broker idles while it fills the whole buffer
+            await asyncio.shield(filled.shipper)
 
-    async def _add(self, record: OutgoingRecord, token: object, done: DoneCallback | None) -> None:
-        """Append to the partition's open batch; ``done`` None: ``token`` is the future of an awaited record."""
+    def _place(self, record: OutgoingRecord, count: int, token: object, done: DoneCallback | None) -> _Lane | None:
+        """Append to the partition's open batch; ``done`` None: ``token`` is the future of an awaited record.
+
+        Returns the lane when this record filled a batch (its shipper was started), else None."""
         producer = self._running()
-        topic, key = record.topic, record.key
-        count = self._partition_counts.get(topic)
-        if count is None:
-            count = self._partition_counts[topic] = await self._count_partitions(producer, topic)
+        key = record.key
         if key is None:
             self._round_robin += 1
             partition = self._round_robin % count
         else:
             partition = self._partitioner.partition(key, count)
-        tp = (topic, partition)
-        batch = self._open.get(tp)
-        if batch is None:
-            batch = self._open[tp] = _OpenBatch(producer.create_batch(), tp)
+        tp = (record.topic, partition)
+        lane = self._lanes.get(tp)
+        if lane is None:
+            lane = self._lanes[tp] = _Lane(tp)
+        batches = lane.batches
+        if not batches or batches[-1].full or batches[-1].settled:  # settled: timed out while open
+            batches.append(self._new_batch(producer, tp))
+        batch = batches[-1]
         if batch.builder.append(timestamp=None, key=key, value=record.value, headers=record.headers) is None:
-            await self._ship(tp)
-            batch = self._open[tp] = _OpenBatch(producer.create_batch(), tp)
+            batch.full = True  # shipped as soon as the lane gets to it, whatever the linger
+            self._ship_lane(lane, everything=False)
+            batch = self._new_batch(producer, tp)
             if batch.builder.append(timestamp=None, key=key, value=record.value, headers=record.headers) is None:
                 event_type = next((v.decode(errors="replace") for k, v in record.headers if k == "event-type"), "")
                 error = MessageTooLargeError(len(record.value), self._config.max_batch_bytes, event_type)
@@ -156,58 +173,98 @@ class KafkaProducerTransport:
                     token.set_exception(error)  # type: ignore[attr-defined]
                 else:
                     done(token, error)
-                return
+                batch.disarm()
+                return lane
+            batches.append(batch)
+            batch.add(token, done)
+            self._filled[tp] = lane
+            return lane
         batch.add(token, done)
+        self._filled[tp] = lane
+        return None
 
-    async def _count_partitions(self, producer: AIOKafkaProducer, topic: str) -> int:
+    def _new_batch(self, producer: AIOKafkaProducer, tp: tuple[str, int]) -> _OpenBatch:
+        """An empty batch for ``tp`` whose records fail with ``PublishTimeoutError`` unless acknowledged within the
+        delivery timeout (one timer per batch, not per record)."""
+        return _OpenBatch(producer.create_batch(), tp, self._config.delivery_timeout_s)
+
+    async def _count_partitions(self, topic: str) -> int:
         try:
             partitions = await asyncio.wait_for(
-                producer.partitions_for(topic), timeout=self._connection.request_timeout_s
+                self._running().partitions_for(topic), timeout=self._connection.request_timeout_s
             )
         except (KafkaError, TimeoutError) as exc:
             raise convert_kafka_error(exc, f"reading the partitions of {topic}", publishing=True) from exc
-        return len(partitions)
+        count = self._partition_counts[topic] = len(partitions)
+        return count
 
     def _linger_expired(self) -> None:
         self._linger = None
-        self._ship_in_task()
+        self._ship_filled()
 
     def _ship_soon(self) -> None:
         self._soon = None
-        self._ship_in_task()
+        self._ship_filled()
 
-    def _ship_in_task(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._ship_all())
-        self._shipping.add(task)
-        task.add_done_callback(self._shipping.discard)
+    def _ship_filled(self) -> None:
+        """Ask every lane given records since its last request to ship them."""
+        filled, self._filled = self._filled, {}
+        for lane in filled.values():
+            self._ship_lane(lane)
 
-    async def _ship_all(self) -> None:
-        for tp in list(self._open):
-            await self._ship(tp)
+    def _ship_lane(self, lane: _Lane, *, everything: bool = True) -> None:
+        """Ask ``lane`` to ship its full batches, and unless ``everything`` is False its open one too (with what
+        joins it before the lane gets there)."""
+        if everything:
+            lane.wanted = True
+        if lane.shipper is None:
+            lane.shipper = asyncio.get_running_loop().create_task(self._run_lane(lane), name=f"eventbus:ship:{lane.tp}")
 
-    async def _ship(self, tp: tuple[str, int]) -> None:
-        batch = self._open.pop(tp, None)
-        if batch is None or not batch.size:
-            return
-        deadline = time.monotonic() + self._config.delivery_timeout_s
-        lock = self._ship_locks.get(tp)
-        if lock is None:
-            lock = self._ship_locks[tp] = asyncio.Lock()
+    async def _run_lane(self, lane: _Lane) -> None:
+        """Hand the lane's batches to aiokafka one after the other, in order.
+
+        aiokafka takes a partition's next batch only once the previous one is in a request (one request in
+        flight per broker), so while this waits, new records join the open batch instead of queueing as small
+        batches of their own: under load, batches grow to what one round trip gathers.
+        """
+        batches = lane.batches
         try:
-            async with lock:  # a partition's batches reach the accumulator in the order they were closed
-                while True:
-                    try:
-                        sent = await self._running().send_batch(batch.builder, tp[0], partition=tp[1])
-                        break
-                    except KafkaTimeoutError:
-                        # aiokafka waits for the partition's previous batch to drain (a leader change retries
-                        # it) and counts its wait short when it loops: wait on, up to our own delivery timeout
-                        if time.monotonic() >= deadline:
-                            raise
+            while batches and (lane.wanted or batches[0].full):
+                batch = batches.popleft()
+                if not batches:
+                    lane.wanted = False  # the open batch is taken: later records wait for their own request
+                if batch.size and not batch.settled:  # settled already: timed out before its turn, never sent
+                    await self._send(batch)
+        finally:
+            lane.shipper = None
+
+    async def _send(self, batch: _OpenBatch) -> None:
+        """Give one batch to aiokafka (waiting for the partition's previous one to be drained); settle it on the ack."""
+        topic, partition = batch.tp
+        try:
+            while True:
+                try:
+                    sent = await self._running().send_batch(batch.builder, topic, partition=partition)
+                    break
+                except KafkaTimeoutError:
+                    # aiokafka waits for the partition's previous batch to drain (a leader change retries it)
+                    # and counts its wait short when it loops: wait on, up to our own delivery timeout
+                    if time.monotonic() >= batch.deadline:
+                        raise
         except KafkaError as exc:
-            batch.settle(convert_kafka_error(exc, f"sending a batch to {tp[0]}", publishing=True))
+            batch.settle(convert_kafka_error(exc, f"sending a batch to {topic}", publishing=True))
+            return
+        except PublishFailedError as exc:  # stopped meanwhile
+            batch.settle(exc)
             return
         sent.add_done_callback(batch.on_sent)
+
+    async def _ship_all(self) -> None:
+        """Ship every lane's batches and wait until aiokafka has all of them."""
+        self._ship_filled()
+        while shippers := [lane.shipper for lane in self._lanes.values() if lane.shipper is not None]:
+            await asyncio.gather(*shippers)
+            self._ship_filled()
 
     async def flush(self) -> None:
         """Send what is buffered (our open batches, then aiokafka's)."""
@@ -228,9 +285,11 @@ class KafkaProducerTransport:
 
     async def abort_transaction(self) -> None:
         """Drop the batches not shipped yet (their records fail) and abort what was shipped."""
-        for tp in list(self._open):
-            batch = self._open.pop(tp)
-            batch.settle(PublishFailedError("the transaction was aborted", retriable=False))
+        self._filled.clear()
+        for lane in self._lanes.values():
+            lane.wanted = False
+            while lane.batches:
+                lane.batches.popleft().settle(PublishFailedError("the transaction was aborted", retriable=False))
         await self._transaction_call("aborting a transaction", self._running().abort_transaction)
 
     async def _transaction_call(self, action: str, call: Any) -> None:
@@ -240,18 +299,37 @@ class KafkaProducerTransport:
             raise convert_kafka_error(exc, action, publishing=True) from exc
 
 
+class _Lane:
+    """A partition's way to aiokafka: its batches in order (full ones first, the open one last) and its shipper."""
+
+    __slots__ = ("batches", "shipper", "tp", "wanted")
+
+    def __init__(self, tp: tuple[str, int]) -> None:
+        self.tp = tp
+        self.batches: deque[_OpenBatch] = deque()
+        self.wanted = False  # a ship was asked for: the open batch goes too
+        self.shipper: asyncio.Task[None] | None = None
+
+
 class _OpenBatch:
     """A partition's batch being filled: per record, a fire-and-forget token and its callback, or a future.
 
     A record's offset is the batch's base offset (what the broker acknowledges) plus its place in the batch.
+    Settled once: by the acknowledgement, a failure, or its deadline (the delivery timeout after it was opened),
+    whichever comes first; what comes later is ignored.
     """
 
-    __slots__ = ("builder", "entries", "tp")
+    __slots__ = ("builder", "deadline", "entries", "full", "settled", "timeout_s", "timer", "tp")
 
-    def __init__(self, builder: Any, tp: tuple[str, int]) -> None:
+    def __init__(self, builder: Any, tp: tuple[str, int], timeout_s: float) -> None:
         self.builder = builder
         self.tp = tp
+        self.full = False
+        self.settled = False
         self.entries: list[tuple[object, DoneCallback | None]] = []
+        self.timeout_s = timeout_s
+        self.deadline = time.monotonic() + timeout_s
+        self.timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(timeout_s, self._expired)
 
     @property
     def size(self) -> int:
@@ -260,7 +338,23 @@ class _OpenBatch:
     def add(self, token: object, done: DoneCallback | None) -> None:
         self.entries.append((token, done))
 
+    def disarm(self) -> None:
+        """Drop the deadline (the batch will never hold a record)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _expired(self) -> None:
+        self.timer = None
+        topic, partition = self.tp
+        msg = f"no acknowledgement within {self.timeout_s:g} s for {self.size} record(s) to {topic}/{partition}"
+        self.settle(PublishTimeoutError(msg))
+
     def settle(self, error: BaseException | None, base_offset: int = -1) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        self.disarm()
         topic, partition = self.tp
         for index, (token, done) in enumerate(self.entries):
             if done is not None:

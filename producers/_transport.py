@@ -49,7 +49,9 @@ class ProducerTransport(Protocol):
         ...
 
     async def enqueue(self, record: OutgoingRecord) -> asyncio.Future[Delivery]:
-        """Buffer a record, waiting for room; the future resolves when it is acknowledged."""
+        """Buffer a record, waiting for room; the future resolves when it is acknowledged, and fails (at the latest
+        with ``PublishTimeoutError`` once the delivery timeout has passed) when it is not: the publisher keeps no
+        timer of its own per record."""
         ...
 
     async def append(self, record: OutgoingRecord, token: object, done: DoneCallback) -> None:

@@ -16,7 +16,7 @@ from aiokafka.structs import RecordMetadata, TopicPartition
 
 from producers import EventPublisher, KafkaConnection, KafkaProducerTransport, PublisherConfig
 from schemas import Event
-from schemas.errors import PublishFailedError
+from schemas.errors import PublishFailedError, PublishTimeoutError
 from tests.events_factory import example_event
 
 
@@ -27,8 +27,11 @@ class FakeProducer:
         self.failing_partition = failing_partition
         self.busy = busy  # this many send_batch calls time out first, as aiokafka's when a batch waits to drain
         self.partitions = partitions
+        self.hold: asyncio.Event | None = None  # while set and not released, a batch waits: the previous one drains
+        self.silent = False  # batches are taken and never acknowledged (a broker that stopped answering)
         self.next_offset: dict[int, int] = {}
         self.shipped: list[tuple[int, int]] = []  # (partition, records)
+        self.unanswered: list[asyncio.Future[Any]] = []
 
     def create_batch(self) -> BatchBuilder:
         return BatchBuilder(batch_size=16_384, compression_type=0)
@@ -40,9 +43,14 @@ class FakeProducer:
         if self.busy:
             self.busy -= 1
             raise KafkaTimeoutError
+        if self.hold is not None:
+            await self.hold.wait()
         count = builder.record_count()
         self.shipped.append((partition, count))
         acked: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.unanswered.append(acked)
+        if self.silent:
+            return acked
         if partition == self.failing_partition:
             acked.set_exception(NotLeaderForPartitionError())
         else:
@@ -58,9 +66,9 @@ class FakeProducer:
         return None
 
 
-async def publisher_on(fake: FakeProducer) -> EventPublisher:
+async def publisher_on(fake: FakeProducer, **config_fields: Any) -> EventPublisher:
     connection = KafkaConnection()
-    config = PublisherConfig(enable_idempotence=False, linger_ms=50)
+    config = PublisherConfig(enable_idempotence=False, linger_ms=50, **config_fields)
     transport = KafkaProducerTransport(connection, config)
     transport._producer = fake  # the seam under test: no broker
     publisher = EventPublisher(connection=connection, config=config, transport=transport)
@@ -137,3 +145,60 @@ async def test_a_batch_that_waits_for_the_partition_to_drain_is_offered_again_no
     results = await asyncio.gather(*(publisher.publish(event) for event in bookings(9)))
     assert len(results) == 9
     assert sum(count for _, count in fake.shipped) == 9
+
+
+async def test_records_published_while_the_partition_drains_leave_as_one_batch_not_many_small_ones() -> None:
+    """aiokafka takes a partition's next batch only once the previous one is in a request; what callers publish
+    on several turns meanwhile gathers in the open batch, and every caller still gets its exact offset."""
+    fake = FakeProducer(partitions=1)
+    publisher = await publisher_on(fake)
+    events = bookings(13)
+    first = await asyncio.gather(*(publisher.publish(event) for event in events[:4]))
+    fake.hold = asyncio.Event()
+    blocked = [asyncio.create_task(publisher.publish(event)) for event in events[4:7]]
+    later: list[asyncio.Task[Any]] = []
+    for wave in (events[7:10], events[10:13]):  # two more turns while the batch of 3 waits
+        for _ in range(3):
+            await asyncio.sleep(0)
+        later += [asyncio.create_task(publisher.publish(event)) for event in wave]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    fake.hold.set()
+    results = [*first, *await asyncio.gather(*blocked, *later)]
+
+    assert fake.shipped == [(0, 4), (0, 3), (0, 6)]
+    assert [result.offset for result in results] == list(range(13))
+    assert publisher.pending == 0
+
+
+async def test_an_unanswered_batch_fails_its_callers_with_a_timeout_once_and_a_late_ack_changes_nothing() -> None:
+    """No timer per call: the batch's own deadline (the delivery timeout) fails every record in it, awaited and
+    fire-and-forget alike, each once; an acknowledgement arriving after that is ignored."""
+    fake = FakeProducer(partitions=1)
+    fake.silent = True
+    publisher = await publisher_on(fake, delivery_timeout_s=0.3)
+    events = bookings(4)
+    await publisher.send(events[0])
+    outcomes = await asyncio.gather(*(publisher.publish(event) for event in events[1:]), return_exceptions=True)
+
+    assert all(isinstance(outcome, PublishTimeoutError) for outcome in outcomes)
+    assert str(events[1].event_id) in str(outcomes[0])
+    await asyncio.sleep(0.1)
+    assert publisher.pending == 0
+    for late in fake.unanswered:
+        late.set_result(RecordMetadata("session", 0, TopicPartition("session", 0), 0, -1, 0, 0))
+    await asyncio.sleep(0)
+    assert publisher.pending == 0
+    with pytest.raises(PublishFailedError) as failed:
+        await publisher.flush()
+    assert [event_id for event_id, _ in failed.value.failures] == [events[0].event_id]
+
+
+async def test_publish_many_with_a_refused_batch_raises_its_error_and_settles_every_record() -> None:
+    fake = FakeProducer(failing_partition=1)
+    publisher = await publisher_on(fake)
+    with pytest.raises(PublishFailedError):
+        await publisher.publish_many(bookings(30))
+    await asyncio.sleep(0)
+    assert publisher.pending == 0
+    assert sum(count for _, count in fake.shipped) == 30
