@@ -102,6 +102,9 @@ class GroupRunner:
         self._by_type: dict[str, tuple[Any, Any, Any]] = {}
         self._background_error: BaseException | None = None
         self._commit_failures = 0
+        self._commit_lock = asyncio.Lock()  # one commit at a time: a slower older one never lands after a newer
+        self._idle_commit: asyncio.Task[None] | None = None
+        self._idle_commit_again = False
         self._tracing: ProcessTracing | None = None
         """OpenTelemetry process spans, or None (the usual case) when tracing is not configured; set by ``run``."""
         connection = publisher.connection
@@ -225,6 +228,8 @@ class GroupRunner:
             _, late = await asyncio.wait(background, timeout=self.config.shutdown_timeout_s)
             for task in late:
                 task.cancel()
+        if self._idle_commit is not None:
+            await self._idle_commit  # bounded by the commit timeout; the final commit below follows it
         await self._commit(parts)
         self._parts.clear()
         await self._transport.stop()
@@ -368,6 +373,8 @@ class GroupRunner:
         finally:
             if self._buffered < self.config.max_buffered_total:
                 self._room.set()
+                if not self._buffered and self.config.commit_when_idle and not self._stopping:
+                    self._commit_idle()
         return True
 
     async def _until_due(self, record: ConsumedRecord, part: _Partition) -> bool:
@@ -525,8 +532,29 @@ class GroupRunner:
 
     # -- commits -------------------------------------------------------------
 
+    def _commit_idle(self) -> None:
+        """Every fetched record is done: commit now (or right after the commit in flight)."""
+        if self._idle_commit is None:
+            self._idle_commit = asyncio.create_task(self._commit_while_idle(), name=f"{self.group.name}:idle-commit")
+        else:
+            self._idle_commit_again = True
+
+    async def _commit_while_idle(self) -> None:
+        try:
+            again = True
+            while again and not self._stopping:
+                self._idle_commit_again = False
+                await self._commit(list(self._parts.values()))
+                again = self._idle_commit_again
+        finally:
+            self._idle_commit = None
+
     async def _commit(self, parts: list[_Partition]) -> None:
         """Commit each partition's watermark that moved (invariant 1); failures are logged, not fatal."""
+        async with self._commit_lock:
+            await self._commit_moved(parts)
+
+    async def _commit_moved(self, parts: list[_Partition]) -> None:
         offsets = {
             part.tp: part.done_offset
             for part in parts

@@ -114,6 +114,7 @@ SETTING_FIELDS: Mapping[str, tuple[Section, str]] = {
             "max_buffered_per_partition",
             "max_buffered_total",
             "commit_interval_s",
+            "commit_when_idle",
             "commit_timeout_s",
             "revoke_timeout_s",
             "shutdown_timeout_s",
@@ -275,6 +276,7 @@ class Settings(BaseSettings):
     max_buffered_per_partition: int | None = None
     max_buffered_total: int | None = None
     commit_interval_s: float | None = None
+    commit_when_idle: bool | None = None
     commit_timeout_s: float | None = None
     """Unset: the request timeout."""
     revoke_timeout_s: float | None = None

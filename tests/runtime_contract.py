@@ -290,6 +290,29 @@ class RuntimeContract:
                 release.set()
             await until(lambda: run.committed_reach(ends(blocked)), "the blocked partition to catch up")
 
+    @pytest.mark.parametrize("when_idle", [True, False])
+    async def test_a_drained_backlog_is_committed_at_once_not_at_the_next_interval(
+        self, harness: RuntimeHarness, when_idle: bool
+    ) -> None:
+        """With ``commit_when_idle`` (the default) the last record done is committed within a round trip even
+        with a 60 s commit interval; without it nothing is committed before the interval (or the shutdown)."""
+        group = new_group("idle")
+        handled: list[int] = []
+
+        @group.handler(SessionCreated)
+        async def handle(event: SessionCreated, ctx: HandlerContext) -> None:
+            handled.append(event.cost_credits)
+
+        deliveries = await publish(harness, [session(f"k{n % 5}", n) for n in range(40)])
+        async with GroupRun(harness, group, commit_interval_s=60.0, commit_when_idle=when_idle) as run:
+            await until(lambda: len(handled) == 40, "every record handled")
+            if when_idle:
+                await until(lambda: run.committed_reach(ends(deliveries)), "the commit of the drained backlog", 10)
+            else:
+                await asyncio.sleep(0.5)
+                assert set((await run.committed(ends(deliveries))).values()) == {None}
+        assert await run.committed_reach(ends(deliveries))  # the shutdown commits in either case
+
     async def test_invariant_5_follow_ups_are_deterministic_across_redelivery(self, harness: RuntimeHarness) -> None:
         """Invariant 5: ctx.publish gives follow-ups causation_id = source id, the inherited
         correlation id, and an event id from (group, source, type, index): a second attempt of the
