@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_ROUNDS",
     "ENV_BROKER",
     "PARTITIONS",
+    "CommitWatch",
     "KeyCheck",
     "Record",
     "Sample",
@@ -210,6 +211,40 @@ async def committed_total(bootstrap: str, group: str, topic: str) -> int:
     finally:
         await admin.close()
     return sum(max(0, int(meta.offset)) for meta in offsets.values())
+
+
+class CommitWatch:
+    """Tells when a group's committed offsets on a topic cover N records (polled every few milliseconds).
+
+    Started before the clock runs (its client's start is not measured); ``covered_at`` returns the
+    ``time.perf_counter()`` of the first poll that sees N. Example::
+
+        async with CommitWatch(bootstrap) as watch:
+            stopped = await watch.covered_at(group, topic, 100_000)
+    """
+
+    def __init__(self, bootstrap: str, *, poll_s: float = 0.005) -> None:
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        self.poll_s = poll_s
+
+    async def __aenter__(self) -> CommitWatch:
+        await self.admin.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.admin.close()
+
+    async def covered_at(self, group: str, topic: str, n: int, *, timeout_s: float = 120.0) -> float:
+        """The moment the committed offsets first sum to ``n`` or more; RuntimeError after ``timeout_s``."""
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            offsets = await asyncio.wait_for(self.admin.list_consumer_group_offsets(group, partitions=tps), 30)
+            if sum(max(0, int(meta.offset)) for meta in offsets.values()) >= n:
+                return time.perf_counter()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the commits of {group} did not cover {n:,} records in {timeout_s:.0f} s")
+            await asyncio.sleep(self.poll_s)
 
 
 # -- workload ----------------------------------------------------------------------

@@ -268,7 +268,25 @@ def report(samples: dict[str, list[Sample]], rounds: int) -> dict[str, Any]:
         ["variant @ rate", "achieved/s", "p50", "p99", "p99.9", "received (min)"],
         rows,
     )
-    return {"rounds": rounds, "warmup_seconds": WARMUP_S, "variants": payload}
+    ratios: dict[str, dict[str, Any]] = {}
+    for name, runs in samples.items():  # the SDK's p99 over the raw loop's, round by round (measured back to back)
+        if not name.startswith(LABELS["sdk"] + " @"):
+            continue
+        raw = samples.get(name.replace(LABELS["sdk"], LABELS["aiokafka"], 1), [])
+        per_round = [float(a.extra["p99_ms"]) / float(b.extra["p99_ms"]) for a, b in zip(runs, raw, strict=False)]
+        if per_round:
+            rate = name.split(" @ ", 1)[1]
+            ratios[f"p99 {LABELS['sdk']} / {LABELS['aiokafka']} @ {rate}"] = {
+                "median": median(per_round),
+                "rounds": per_round,
+            }
+    if ratios:
+        print_table(
+            "p99 ratios (median of per-round ratios)",
+            ["ratio", "value"],
+            [(k, f"{v['median']:.2f}x") for k, v in ratios.items()],
+        )
+    return {"rounds": rounds, "warmup_seconds": WARMUP_S, "variants": payload, "ratios": ratios}
 
 
 async def run(

@@ -1,6 +1,6 @@
 """Publish throughput: raw aiokafka, the encode cost, our SDK, FastStream (and librdkafka), interleaved.
 
-``python -m bench.publish [--events N] [--rounds R] [--no-confluent]``
+``python -m bench.publish [--events N] [--rounds R] [--no-confluent] [--only TEXT,...]``
 
 Every I/O variant publishes the same N keyed ``session:created`` events to a fresh 3-partition topic
 with the SDK's producer settings, waits for every acknowledgement, then reads the topic back to check
@@ -57,6 +57,10 @@ SDK_AWAIT = "SDK await publish() x 256 tasks"
 RAW_AWAIT = "aiokafka send_and_wait() x 256 tasks"
 TASKS = 256
 """Concurrent publishers of the awaited variants: a web service with that many requests in flight."""
+SDK_SINGLE = "SDK await publish() x 1 task"
+RAW_SINGLE = "aiokafka send_and_wait() x 1 task"
+SINGLE_EVENTS = 3000
+"""Events of the one-task variants (each waits for its acknowledgement: about a millisecond apiece)."""
 FS_SINGLE = "FastStream publish(no_confirm)"
 FS_BATCH = "FastStream publish_batch()"
 RDK_RAW = "librdkafka produce() pre-encoded"
@@ -68,6 +72,8 @@ Body = Callable[[str], Awaitable[float]]
 class PublishBench:
     """The variants, sharing one broker and one pre-built workload."""
 
+    latencies: list[float]
+
     def __init__(self, bootstrap: str, events: list[SessionCreated]) -> None:
         self.bootstrap = bootstrap
         self.events = events
@@ -77,18 +83,25 @@ class PublishBench:
         # FastStream's batch must fit in one aiokafka batch (max_batch_bytes); leave room for headers.
         self.fs_chunk = max(1, int(self.settings.publisher_config().max_batch_bytes * 0.8 / (json_size + 120)))
 
-    async def io_variant(self, tag: str, body: Body) -> Sample:
-        """Fresh topic, timed body, key check, topic deleted."""
+    async def io_variant(self, tag: str, body: Body, count: int | None = None) -> Sample:
+        """Fresh topic, timed body (of ``count`` events, default all), key check, topic deleted."""
+        count = len(self.events) if count is None else count
         prefix = unique_name(tag)
         topic = f"{prefix}session"
         await create_topic(self.bootstrap, topic)
+        self.latencies = []
         try:
             seconds = await body(prefix)
-            check = await check_keys(self.bootstrap, topic, len(self.events))
+            check = await check_keys(self.bootstrap, topic, count)
         finally:
             await delete_topics(self.bootstrap, [topic])
-        keys = "yes" if check.ok(len(self.events)) else "no"
-        return Sample(len(self.events), seconds, {"keys": keys, "read": check.read, "misplaced": check.misplaced})
+        keys = "yes" if check.ok(count) else "no"
+        extra: dict[str, Any] = {"keys": keys, "read": check.read, "misplaced": check.misplaced}
+        if self.latencies:
+            ordered = sorted(self.latencies)
+            extra["p50_ms"] = ordered[len(ordered) // 2] * 1000
+            extra["p99_ms"] = ordered[int(len(ordered) * 0.99)] * 1000
+        return Sample(count, seconds, extra)
 
     # -- transport limits --------------------------------------------------------------
 
@@ -224,6 +237,19 @@ class PublishBench:
             return await self._in_tasks(lambda i: publisher.publish(self.events[i]))
 
     async def raw_await(self, prefix: str) -> float:
+        return await self._raw_awaited(prefix, self._in_tasks)
+
+    async def sdk_single(self, prefix: str) -> float:
+        async with self._publisher(prefix) as publisher:
+            return await self._one_by_one(lambda i: publisher.publish(self.events[i]))
+
+    async def raw_single(self, prefix: str) -> float:
+        return await self._raw_awaited(prefix, self._one_by_one)
+
+    async def _raw_awaited(
+        self, prefix: str, driver: Callable[[Callable[[int], Awaitable[object]]], Awaitable[float]]
+    ) -> float:
+        """aiokafka's ``send_and_wait`` of the pre-encoded records, called by ``driver`` (tasks or one by one)."""
         producer = AIOKafkaProducer(**raw_producer_options(self.settings))
         await producer.start()
         topic = f"{prefix}session"
@@ -233,9 +259,19 @@ class PublishBench:
                 key, value, headers = self.records[i]
                 return await producer.send_and_wait(topic, value, key=key, headers=headers)
 
-            return await self._in_tasks(one)
+            return await driver(one)
         finally:
             await producer.stop()
+
+    async def _one_by_one(self, publish_one: Callable[[int], Awaitable[object]]) -> float:
+        """One task awaiting each of the first ``SINGLE_EVENTS`` publishes in turn; each call's time is kept."""
+        clock = time.perf_counter
+        started = clock()
+        for i in range(SINGLE_EVENTS):
+            began = clock()
+            await publish_one(i)
+            self.latencies.append(clock() - began)
+        return clock() - started
 
     async def sdk_many(self, prefix: str) -> float:
         async with self._publisher(prefix) as publisher:
@@ -294,24 +330,31 @@ def _fmt_ratio(values: Sequence[float]) -> str:
 
 
 def report(samples: dict[str, list[Sample]], bench: PublishBench, rounds: int) -> dict[str, Any]:
-    """Print the table and return the JSON payload."""
-    limit_rounds = [1 / (1 / a.rate + 1 / b.rate) for a, b in zip(samples[RAW_SEND], samples[ENCODE], strict=True)]
-    limit_samples = [Sample(1, 1 / rate) for rate in limit_rounds]
-    samples = {**samples, "composed limit 1/(t_send + t_encode)": limit_samples}
+    """Print the table and return the JSON payload (the ratios whose two variants ran)."""
     ratios: dict[str, list[float]] = {}
+
+    def ratio(num: str, den: str) -> None:
+        if num in samples and den in samples:
+            ratios[f"{num} / {den}"] = per_round_ratio(samples, num, den)
+
+    if RAW_SEND in samples and ENCODE in samples:
+        pairs = zip(samples[RAW_SEND], samples[ENCODE], strict=True)
+        limit_rounds = [1 / (1 / a.rate + 1 / b.rate) for a, b in pairs]
+        samples = {**samples, "composed limit 1/(t_send + t_encode)": [Sample(1, 1 / rate) for rate in limit_rounds]}
+        for sdk in (SDK_SEND, SDK_RDK):
+            if sdk in samples:
+                against = zip(samples[sdk], limit_rounds, strict=True)
+                ratios[f"{sdk} / composed limit"] = [s.rate / lim for s, lim in against]
     for sdk in (SDK_SEND, SDK_RDK):
-        if sdk not in samples:
-            continue
-        ratios[f"{sdk} / composed limit"] = [s.rate / lim for s, lim in zip(samples[sdk], limit_rounds, strict=True)]
-        ratios[f"{sdk} / {FS_SINGLE}"] = per_round_ratio(samples, sdk, FS_SINGLE)
-        ratios[f"{sdk} / {FS_BATCH}"] = per_round_ratio(samples, sdk, FS_BATCH)
-        ratios[f"{sdk} / {RAW_SEND}"] = per_round_ratio(samples, sdk, RAW_SEND)
-    ratios[f"{SDK_AWAIT} / {SDK_SEND}"] = per_round_ratio(samples, SDK_AWAIT, SDK_SEND)
-    ratios[f"{SDK_AWAIT} / {RAW_AWAIT}"] = per_round_ratio(samples, SDK_AWAIT, RAW_AWAIT)
-    ratios[f"{SDK_MANY} / {SDK_SEND}"] = per_round_ratio(samples, SDK_MANY, SDK_SEND)
+        for other in (FS_SINGLE, FS_BATCH, RAW_SEND):
+            ratio(sdk, other)
+    ratio(SDK_AWAIT, SDK_SEND)
+    ratio(SDK_AWAIT, RAW_AWAIT)
+    ratio(SDK_MANY, SDK_SEND)
+    ratio(SDK_SINGLE, RAW_SINGLE)
     # The SDK's Python work per event with no I/O at all, against FastStream's whole batch publish: below
     # 1.3 no transport can bring the SDK to 1.3x FastStream's batch publish.
-    ratios[f"{PREPARE} / {FS_BATCH}"] = per_round_ratio(samples, PREPARE, FS_BATCH)
+    ratio(PREPARE, FS_BATCH)
     rows = []
     for name, runs in samples.items():
         rates = [s.rate for s in runs]
@@ -327,6 +370,17 @@ def report(samples: dict[str, list[Sample]], bench: PublishBench, rounds: int) -
     print_table(
         "Ratios (median of per-round ratios)", ["ratio", "value"], [(k, _fmt_ratio(v)) for k, v in ratios.items()]
     )
+    per_call = [
+        (name, f"{median([s.extra['p50_ms'] for s in runs]):.2f}", f"{median([s.extra['p99_ms'] for s in runs]):.2f}")
+        for name, runs in samples.items()
+        if runs and "p50_ms" in runs[0].extra
+    ]
+    if per_call:
+        print_table(
+            f"One task awaiting each publish ({SINGLE_EVENTS:,} events): time per call, medians of the rounds",
+            ["variant", "p50 ms", "p99 ms"],
+            per_call,
+        )
     return {
         "events": len(bench.events),
         "rounds": rounds,
@@ -336,8 +390,9 @@ def report(samples: dict[str, list[Sample]], bench: PublishBench, rounds: int) -
     }
 
 
-async def run(events: int, rounds: int, *, librdkafka: bool = True) -> dict[str, Any]:
-    """Run the publish benchmark and write ``bench/results/publish.json``."""
+async def run(events: int, rounds: int, *, librdkafka: bool = True, only: Sequence[str] = ()) -> dict[str, Any]:
+    """Run the publish benchmark and write ``bench/results/publish.json`` (``only``: the variants whose name
+    contains one of these pieces, case-insensitive; then the file is ``publish-partial.json``)."""
     with broker() as bootstrap:
         console.print(f"building {events:,} events ...")
         bench = PublishBench(bootstrap, build_events(events))
@@ -352,6 +407,8 @@ async def run(events: int, rounds: int, *, librdkafka: bool = True) -> dict[str,
             (SDK_MANY, lambda: bench.io_variant("sdkm", bench.sdk_many)),
             (SDK_AWAIT, lambda: bench.io_variant("sdka", bench.sdk_await)),
             (RAW_AWAIT, lambda: bench.io_variant("rawa", bench.raw_await)),
+            (SDK_SINGLE, lambda: bench.io_variant("sdk1", bench.sdk_single, SINGLE_EVENTS)),
+            (RAW_SINGLE, lambda: bench.io_variant("raw1", bench.raw_single, SINGLE_EVENTS)),
             (FS_SINGLE, lambda: bench.io_variant("fs", bench.fs_single)),
             (FS_BATCH, lambda: bench.io_variant("fsb", bench.fs_batch)),
         ]
@@ -360,9 +417,11 @@ async def run(events: int, rounds: int, *, librdkafka: bool = True) -> dict[str,
                 (RDK_RAW, lambda: bench.io_variant("rdk", bench.rdk_raw)),
                 (SDK_RDK, lambda: bench.io_variant("sdkrdk", bench.sdk_rdk)),
             ]
+        if only:
+            variants = [(name, body) for name, body in variants if any(p.lower() in name.lower() for p in only)]
         samples = await run_interleaved(variants, rounds)
         payload = report(samples, bench, rounds)
-    write_results("publish", payload)
+    write_results("publish-partial" if only else "publish", payload)
     return payload
 
 
@@ -370,8 +429,10 @@ def main() -> None:
     """Command line entry point."""
     parser = base_parser(__doc__.splitlines()[0] if __doc__ else "publish benchmark")
     parser.add_argument("--no-confluent", action="store_true", help="skip the librdkafka variants")
+    parser.add_argument("--only", default="", help="comma-separated pieces of variant names to run (default: all)")
     args = parser.parse_args()
-    asyncio.run(run(args.events, args.rounds, librdkafka=not args.no_confluent))
+    only = [piece.strip() for piece in args.only.split(",") if piece.strip()]
+    asyncio.run(run(args.events, args.rounds, librdkafka=not args.no_confluent, only=only))
 
 
 if __name__ == "__main__":
