@@ -2,13 +2,16 @@
 image, then ``eventbus topics apply`` and the main job (``eventbus demo``) against the three brokers.
 
 Needs a container engine and podman-compose (``infra/dev/services.sh`` installs both); in CI it must run.
-The compose file publishes fixed host ports (19092, 29092, 39092): they must be free.
+The compose file publishes host ports 19092, 29092 and 39092 by default; when one is taken (a broker of another
+test may hold it: they take ports the system hands out), the test gives the file free ones through
+``EVENTBUS_KAFKA_<n>_PORT``.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -27,8 +30,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "infra" / "compose.yaml"
-PORTS = (19092, 29092, 39092)
-BOOTSTRAP = ",".join(f"127.0.0.1:{port}" for port in PORTS)
+DEFAULT_PORTS = (19092, 29092, 39092)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
 
 
 def _unavailable(reason: str) -> None:
@@ -46,11 +55,12 @@ def compose_kafka() -> Iterator[str]:
     if compose is None:
         _unavailable("podman-compose is not installed: run `bash infra/dev/services.sh`")
     assert compose is not None
-    taken = [port for port in PORTS if port_in_use("127.0.0.1", port)]
-    if taken:
-        pytest.fail(f"the compose file publishes ports {PORTS}, but {taken} are in use")
+    ports = DEFAULT_PORTS
+    if any(port_in_use("127.0.0.1", port) for port in ports):
+        ports = (_free_port(), _free_port(), _free_port())
     project = f"eventbus-test-{uuid.uuid4().hex[:6]}"
     env = {**os.environ, "EVENTBUS_KAFKA_IMAGE": kafka_image()}
+    env |= {f"EVENTBUS_KAFKA_{n}_PORT": str(port) for n, port in enumerate(ports, start=1)}
     base = [compose, "-p", project, "-f", str(COMPOSE)]
     up = subprocess.run(
         [*base, "up", "-d", "kafka-1", "kafka-2", "kafka-3"], env=env, capture_output=True, text=True, check=False
@@ -58,10 +68,10 @@ def compose_kafka() -> Iterator[str]:
     try:
         assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
         deadline = time.monotonic() + 180
-        while any(metadata_broker_ids("127.0.0.1", port, timeout=2) != [1, 2, 3] for port in PORTS):
+        while any(metadata_broker_ids("127.0.0.1", port, timeout=2) != [1, 2, 3] for port in ports):
             assert time.monotonic() < deadline, "the compose brokers did not form a cluster within 180 s"
             time.sleep(0.5)
-        yield BOOTSTRAP
+        yield ",".join(f"127.0.0.1:{port}" for port in ports)
     finally:
         subprocess.run([*base, "down", "-v"], env=env, capture_output=True, check=False, timeout=300)
 
