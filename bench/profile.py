@@ -3,8 +3,9 @@
 ``python -m bench.profile [--events N] [--interval S] [--html]``
 
 Publish: ``EventPublisher.send()`` of N pre-built events, then ``flush()`` (the profiler runs only around
-that). Consume: the runtime (``run_groups``) with a no-op handler over an N-event Avro backlog; the
-profiler starts at the first handler call and stops at the N-th. Sampling covers the whole thread,
+that); awaited publish: ``await publish()`` of the same events from 256 tasks. Consume: the runtime
+(``run_groups``) with a no-op handler over an N-event Avro backlog; the profiler starts at the first
+handler call and stops at the N-th. Sampling covers the whole thread,
 so time the event loop spends waiting shows up as ``select``/``_run_once`` (idle, or I/O).
 Writes ``bench/results/profile_<path>.txt`` (call tree; ``--html`` adds pyinstrument's HTML view)
 and prints flat tables: self time per function, and inclusive time per function of our packages.
@@ -122,6 +123,27 @@ async def profile_publish(
     return save_and_print("publish", profiler, len(events), html=html)
 
 
+async def profile_awaited(
+    bootstrap: str, events: list[SessionCreated], interval: float, *, tasks: int = 256, html: bool = False
+) -> dict[str, Any]:
+    """Profile ``await publish()`` of the events from ``tasks`` tasks, each awaiting its own calls in turn."""
+    prefix = unique_name("prof")
+    await create_topic(bootstrap, f"{prefix}session")
+    settings = settings_for(bootstrap, prefix)
+    profiler = Profiler(interval=interval, async_mode="disabled")
+    async with EventPublisher(connection=settings.connection(), config=settings.publisher_config()) as publisher:
+
+        async def worker(first: int) -> None:
+            for i in range(first, len(events), tasks):
+                await publisher.publish(events[i])
+
+        profiler.start()
+        await asyncio.gather(*(worker(n) for n in range(tasks)))
+        profiler.stop()
+    await delete_topics(bootstrap, [f"{prefix}session"])
+    return save_and_print("publish_awaited", profiler, len(events), html=html)
+
+
 async def profile_consume(
     bootstrap: str, events: list[SessionCreated], interval: float, *, html: bool = False
 ) -> dict[str, Any]:
@@ -170,10 +192,12 @@ async def run(events: int, interval: float, *, html: bool = False) -> dict[str, 
         payload = {
             "interval_s": interval,
             "publish": await profile_publish(bootstrap, workload, interval, html=html),
+            "publish_awaited": await profile_awaited(bootstrap, workload, interval, html=html),
             "consume": await profile_consume(bootstrap, workload, interval, html=html),
         }
     console.print(
-        f"call trees: {results_dir()}/profile_publish.txt, profile_consume.txt" + (" (and .html)" if html else "")
+        f"call trees: {results_dir()}/profile_publish.txt, profile_publish_awaited.txt, profile_consume.txt"
+        + (" (and .html)" if html else "")
     )
     write_results("profile", payload)
     return payload

@@ -73,6 +73,8 @@ class PublishBench:
     """The variants, sharing one broker and one pre-built workload."""
 
     latencies: list[float]
+    cpu_s: float | None
+    """CPU time of this process inside the timed part of the last variant, for the ones that measure it."""
 
     def __init__(self, bootstrap: str, events: list[SessionCreated]) -> None:
         self.bootstrap = bootstrap
@@ -90,6 +92,7 @@ class PublishBench:
         topic = f"{prefix}session"
         await create_topic(self.bootstrap, topic)
         self.latencies = []
+        self.cpu_s = None
         try:
             seconds = await body(prefix)
             check = await check_keys(self.bootstrap, topic, count)
@@ -97,6 +100,9 @@ class PublishBench:
             await delete_topics(self.bootstrap, [topic])
         keys = "yes" if check.ok(count) else "no"
         extra: dict[str, Any] = {"keys": keys, "read": check.read, "misplaced": check.misplaced}
+        if self.cpu_s is not None:  # this process's CPU inside the timed part: the rest of the time it waited
+            extra["cpu_us"] = self.cpu_s / count * 1e6
+            extra["busy"] = self.cpu_s / seconds
         if self.latencies:
             ordered = sorted(self.latencies)
             extra["p50_ms"] = ordered[len(ordered) // 2] * 1000
@@ -212,10 +218,11 @@ class PublishBench:
 
     async def sdk_send(self, prefix: str, *, librdkafka: bool = False) -> float:
         async with self._publisher(prefix, librdkafka=librdkafka) as publisher:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             for event in self.events:
                 await publisher.send(event)
             await publisher.flush()
+            self.cpu_s = time.process_time() - cpu
             return time.perf_counter() - started
 
     async def sdk_rdk(self, prefix: str) -> float:
@@ -228,8 +235,9 @@ class PublishBench:
             for i in range(first, len(self.events), TASKS):
                 await publish_one(i)
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker(n) for n in range(TASKS)))
+        self.cpu_s = time.process_time() - cpu
         return time.perf_counter() - started
 
     async def sdk_await(self, prefix: str) -> float:
@@ -380,6 +388,17 @@ def report(samples: dict[str, list[Sample]], bench: PublishBench, rounds: int) -
             f"One task awaiting each publish ({SINGLE_EVENTS:,} events): time per call, medians of the rounds",
             ["variant", "p50 ms", "p99 ms"],
             per_call,
+        )
+    cpu = [
+        (name, f"{median([s.extra['cpu_us'] for s in runs]):.1f}", f"{median([s.extra['busy'] for s in runs]):.0%}")
+        for name, runs in samples.items()
+        if runs and "cpu_us" in runs[0].extra
+    ]
+    if cpu:  # an awaited path is bounded by its CPU per event plus the share of time the loop waits
+        print_table(
+            "This process's CPU per event and busy share of the timed part, medians of the rounds",
+            ["variant", "CPU µs/event", "busy"],
+            cpu,
         )
     return {
         "events": len(bench.events),
