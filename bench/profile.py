@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pyinstrument import Profiler
@@ -105,43 +106,54 @@ def save_and_print(name: str, profiler: Profiler, events: int, *, html: bool = F
     }
 
 
-async def profile_publish(
-    bootstrap: str, events: list[SessionCreated], interval: float, *, html: bool = False
+async def _profile_publisher(
+    bootstrap: str,
+    name: str,
+    events: int,
+    interval: float,
+    body: Callable[[EventPublisher], Awaitable[None]],
+    *,
+    html: bool = False,
 ) -> dict[str, Any]:
-    """Profile ``send()`` + ``flush()`` of the events."""
+    """Profile ``body(publisher)`` on a fresh topic (the publisher's start and stop are not profiled)."""
     prefix = unique_name("prof")
     await create_topic(bootstrap, f"{prefix}session")
     settings = settings_for(bootstrap, prefix)
     profiler = Profiler(interval=interval, async_mode="disabled")
     async with EventPublisher(connection=settings.connection(), config=settings.publisher_config()) as publisher:
         profiler.start()
+        await body(publisher)
+        profiler.stop()
+    await delete_topics(bootstrap, [f"{prefix}session"])
+    return save_and_print(name, profiler, events, html=html)
+
+
+async def profile_publish(
+    bootstrap: str, events: list[SessionCreated], interval: float, *, html: bool = False
+) -> dict[str, Any]:
+    """Profile ``send()`` + ``flush()`` of the events."""
+
+    async def body(publisher: EventPublisher) -> None:
         for event in events:
             await publisher.send(event)
         await publisher.flush()
-        profiler.stop()
-    await delete_topics(bootstrap, [f"{prefix}session"])
-    return save_and_print("publish", profiler, len(events), html=html)
+
+    return await _profile_publisher(bootstrap, "publish", len(events), interval, body, html=html)
 
 
 async def profile_awaited(
     bootstrap: str, events: list[SessionCreated], interval: float, *, tasks: int = 256, html: bool = False
 ) -> dict[str, Any]:
     """Profile ``await publish()`` of the events from ``tasks`` tasks, each awaiting its own calls in turn."""
-    prefix = unique_name("prof")
-    await create_topic(bootstrap, f"{prefix}session")
-    settings = settings_for(bootstrap, prefix)
-    profiler = Profiler(interval=interval, async_mode="disabled")
-    async with EventPublisher(connection=settings.connection(), config=settings.publisher_config()) as publisher:
 
+    async def body(publisher: EventPublisher) -> None:
         async def worker(first: int) -> None:
             for i in range(first, len(events), tasks):
                 await publisher.publish(events[i])
 
-        profiler.start()
         await asyncio.gather(*(worker(n) for n in range(tasks)))
-        profiler.stop()
-    await delete_topics(bootstrap, [f"{prefix}session"])
-    return save_and_print("publish_awaited", profiler, len(events), html=html)
+
+    return await _profile_publisher(bootstrap, "publish_awaited", len(events), interval, body, html=html)
 
 
 async def profile_consume(
