@@ -64,6 +64,7 @@ class RuntimeConfig(_Config):
     max_buffered_total: int = Field(default=20_000, gt=0)
     """Fetched, not yet done records in all; above it fetching waits."""
     commit_interval_s: float = Field(default=1.0, gt=0)
+    """Commits run in the background, one at a time: fetching and handlers never wait for a commit's round trip."""
     commit_when_idle: bool = True
     """Also commit as soon as every fetched record is done (as Spring Kafka's BATCH ack mode does), one commit
     in flight at a time: a drained backlog is committed within a round trip, not up to ``commit_interval_s``

@@ -103,8 +103,8 @@ class GroupRunner:
         self._background_error: BaseException | None = None
         self._commit_failures = 0
         self._commit_lock = asyncio.Lock()  # one commit at a time: a slower older one never lands after a newer
-        self._idle_commit: asyncio.Task[None] | None = None
-        self._idle_commit_again = False
+        self._background_commit: asyncio.Task[None] | None = None
+        self._commit_again = False
         self._tracing: ProcessTracing | None = None
         """OpenTelemetry process spans, or None (the usual case) when tracing is not configured; set by ``run``."""
         connection = publisher.connection
@@ -200,7 +200,7 @@ class GroupRunner:
                 for tp, records in batch.items():
                     self._enqueue(tp, records)
             if time.monotonic() >= next_commit:
-                await self._commit(list(self._parts.values()))
+                self._commit_soon()  # in the background: fetching never waits for a commit's round trip
                 next_commit = time.monotonic() + config.commit_interval_s
 
     def _enqueue(self, tp: TopicPartition, records: list[ConsumedRecord]) -> None:
@@ -228,8 +228,8 @@ class GroupRunner:
             _, late = await asyncio.wait(background, timeout=self.config.shutdown_timeout_s)
             for task in late:
                 task.cancel()
-        if self._idle_commit is not None:
-            await self._idle_commit  # bounded by the commit timeout; the final commit below follows it
+        if self._background_commit is not None:
+            await self._background_commit  # bounded by the commit timeout; the final commit below follows it
         await self._commit(parts)
         self._parts.clear()
         await self._transport.stop()
@@ -374,7 +374,7 @@ class GroupRunner:
             if self._buffered < self.config.max_buffered_total:
                 self._room.set()
                 if not self._buffered and self.config.commit_when_idle and not self._stopping:
-                    self._commit_idle()
+                    self._commit_soon()
         return True
 
     async def _until_due(self, record: ConsumedRecord, part: _Partition) -> bool:
@@ -532,22 +532,26 @@ class GroupRunner:
 
     # -- commits -------------------------------------------------------------
 
-    def _commit_idle(self) -> None:
-        """Every fetched record is done: commit now (or right after the commit in flight)."""
-        if self._idle_commit is None:
-            self._idle_commit = asyncio.create_task(self._commit_while_idle(), name=f"{self.group.name}:idle-commit")
-        else:
-            self._idle_commit_again = True
+    def _commit_soon(self) -> None:
+        """Commit the watermarks in the background: now, or right after the commit in flight.
 
-    async def _commit_while_idle(self) -> None:
+        Asked every ``commit_interval_s`` and, with ``commit_when_idle``, whenever every fetched record is done.
+        """
+        if self._background_commit is None:
+            name = f"{self.group.name}:commit"
+            self._background_commit = asyncio.create_task(self._commit_until_current(), name=name)
+        else:
+            self._commit_again = True
+
+    async def _commit_until_current(self) -> None:
         try:
             again = True
             while again and not self._stopping:
-                self._idle_commit_again = False
+                self._commit_again = False
                 await self._commit(list(self._parts.values()))
-                again = self._idle_commit_again
+                again = self._commit_again
         finally:
-            self._idle_commit = None
+            self._background_commit = None
 
     async def _commit(self, parts: list[_Partition]) -> None:
         """Commit each partition's watermark that moved (invariant 1); failures are logged, not fatal."""

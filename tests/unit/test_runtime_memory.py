@@ -164,6 +164,60 @@ async def test_failed_commits_are_not_fatal_and_catch_up(harness: MemoryHarness)
         await until(lambda: run.committed_reach(ends(deliveries)), "the commit to catch up")
 
 
+class _SlowCommits(InMemoryConsumerTransport):
+    """Commits that wait until ``release`` is set (a broker slow to answer them)."""
+
+    def __init__(self, broker: InMemoryBroker, group_id: str) -> None:
+        super().__init__(broker, group_id)
+        self.release = asyncio.Event()
+        self.commits_started = 0
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits_started += 1
+        await self.release.wait()
+        await super().commit(offsets)
+
+
+@pytest.mark.parametrize("when_idle", [True, False])
+async def test_fetching_and_handlers_go_on_while_a_commit_waits_for_the_broker(
+    harness: MemoryHarness, when_idle: bool
+) -> None:
+    """A commit in flight (periodic or idle) blocks neither fetching nor handlers; it lands once answered."""
+    group = new_group("slow-commit")
+    handled: list[int] = []
+
+    @group.handler(SessionCreated)
+    async def handle(event: SessionCreated, ctx: HandlerContext) -> None:
+        handled.append(event.cost_credits)
+
+    first = await publish(harness, [session("s", seq) for seq in range(5)])
+    transport = _SlowCommits(harness.broker, group.name)
+    config = RuntimeConfig(commit_interval_s=0.05, commit_when_idle=when_idle)
+    metrics = RuntimeMetrics(CollectorRegistry())
+    runner = GroupRunner(group, transport=transport, publisher=harness.publisher, config=config, metrics=metrics)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        await until(lambda: len(handled) == 5 and transport.commits_started > 0, "the first records and a commit")
+        await asyncio.sleep(4 * config.commit_interval_s)  # periodic commits come due meanwhile
+        later = await publish(harness, [session("s", seq) for seq in range(5, 10)])
+        await until(lambda: len(handled) == 10, "records published while the commit waits", timeout_s=5)
+        assert not run_committed(harness, group.name)  # nothing answered yet
+        transport.release.set()
+        last = ends(first + later)
+        await until(lambda: run_committed(harness, group.name) == last, "the commit to catch up")
+    finally:
+        transport.release.set()
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+    assert handled == list(range(10))
+
+
+def run_committed(harness: MemoryHarness, group_id: str) -> dict[TopicPartition, int]:
+    offsets = harness.broker.group_offsets.get(group_id, {})
+    return {TopicPartition(topic, partition): offset for (topic, partition), offset in offsets.items()}
+
+
 async def test_records_without_a_handler_and_failing_dead_letters_are_skipped(harness: MemoryHarness) -> None:
     """Event types the group does not handle are committed past; a handler failing on a dead letter
     (read from the system topic) does not dead-letter it again."""
