@@ -53,7 +53,8 @@ def load_registry(app: str | None, resources: Resources) -> GroupRegistry:
     return target
 
 
-async def _serve(names: tuple[str, ...], app: str | None, concurrency: int | None) -> None:
+async def _serve(names: tuple[str, ...], app: str | None, concurrency: int | None, early: list[int]) -> None:
+    """Run the groups until a signal; ``early``: signals received before the event loop's handlers were in place."""
     settings = load_settings()
     database = Database(settings.database_url)
     resources = Resources(database=database, cache=open_cache(settings.redis_url), settings=settings.group_settings())
@@ -71,6 +72,8 @@ async def _serve(names: tuple[str, ...], app: str | None, concurrency: int | Non
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
+        if early:  # asked to stop while starting: stop cleanly (exit 0) before consuming anything
+            return
         await database.migrate(marketplace_migrations() if app is None else [PROCESSED_EVENTS_MIGRATION])
         await run_groups(
             groups,
@@ -112,6 +115,11 @@ def run(
 
     Several processes running the same group share its partitions.
     """
+    # A SIGTERM while starting (an orchestrator stopping a pod that just began) is a request to stop, not a kill:
+    # kept here until the event loop's own handlers take over.
+    early: list[int] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda received, _frame: early.append(received))
     configure_logging(level=log_level, json_format=log_format == "json")
     configure_telemetry("eventbus-consumers")
     if metrics_port is not None:
@@ -122,6 +130,6 @@ def run(
         except OSError as exc:
             raise click.ClickException(f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc}") from exc
     try:
-        asyncio.run(_serve(groups, app, concurrency))
+        asyncio.run(_serve(groups, app, concurrency, early))
     except EventBusError as exc:
         raise click.ClickException(exc.message) from exc
