@@ -42,7 +42,7 @@ class KafkaProducerTransport:
         self._partition_counts: dict[str, int] = {}
         self._round_robin = 0
         self._partitioner = KeyPartitioner()
-        self._linger: asyncio.TimerHandle | None = None
+        self._linger_s = config.linger_ms / 1000
         self._soon: asyncio.Handle | None = None
 
     def _new_producer(self) -> AIOKafkaProducer:
@@ -128,7 +128,8 @@ class KafkaProducerTransport:
         return future
 
     async def append(self, record: OutgoingRecord, token: object, done: DoneCallback) -> None:
-        """Add the record to its partition's open batch; full batches ship at once, others after ``linger_ms``.
+        """Add the record to its partition's open batch; full batches ship at once, others ``linger_ms`` after the
+        partition's first record since its last ship.
 
         The partition is the Java client's: murmur2 of the key (round robin without a key).
         """
@@ -136,8 +137,6 @@ class KafkaProducerTransport:
         if count is None:
             count = await self._count_partitions(record.topic)
         filled = self._place(record, count, token, done)
-        if self._linger is None:
-            self._linger = asyncio.get_running_loop().call_later(self._config.linger_ms / 1000, self._linger_expired)
         if filled is not None and filled.shipper is not None:
             # a batch is full: wait until aiokafka has it, as aiokafka's own send() would; without this a
             # loop of send() calls never yields and the broker idles while it fills the whole buffer
@@ -176,12 +175,16 @@ class KafkaProducerTransport:
                 batch.disarm()
                 return lane
             batches.append(batch)
-            batch.add(token, done)
-            self._filled[tp] = lane
-            return lane
+            filled: _Lane | None = lane
+        else:
+            filled = None
         batch.add(token, done)
         self._filled[tp] = lane
-        return None
+        if done is not None and lane.linger is None:
+            # one timer per partition, as the Java client lingers per batch: a partition ships linger_ms after its
+            # own first record, not with every other partition on a publisher-wide beat
+            lane.linger = asyncio.get_running_loop().call_later(self._linger_s, self._linger_expired, lane)
+        return filled
 
     def _new_batch(self, producer: AIOKafkaProducer, tp: tuple[str, int]) -> _OpenBatch:
         """An empty batch for ``tp`` whose records fail with ``PublishTimeoutError`` unless acknowledged within the
@@ -198,9 +201,10 @@ class KafkaProducerTransport:
         count = self._partition_counts[topic] = len(partitions)
         return count
 
-    def _linger_expired(self) -> None:
-        self._linger = None
-        self._ship_filled()
+    def _linger_expired(self, lane: _Lane) -> None:
+        lane.linger = None
+        if self._filled.pop(lane.tp, None) is not None:
+            self._ship_lane(lane)
 
     def _ship_soon(self) -> None:
         self._soon = None
@@ -210,6 +214,9 @@ class KafkaProducerTransport:
         """Ask every lane given records since its last request to ship them."""
         filled, self._filled = self._filled, {}
         for lane in filled.values():
+            if lane.linger is not None:
+                lane.linger.cancel()
+                lane.linger = None
             self._ship_lane(lane)
 
     def _ship_lane(self, lane: _Lane, *, everything: bool = True) -> None:
@@ -288,6 +295,9 @@ class KafkaProducerTransport:
         self._filled.clear()
         for lane in self._lanes.values():
             lane.wanted = False
+            if lane.linger is not None:
+                lane.linger.cancel()
+                lane.linger = None
             while lane.batches:
                 lane.batches.popleft().settle(PublishFailedError("the transaction was aborted", retriable=False))
         await self._transaction_call("aborting a transaction", self._running().abort_transaction)
@@ -302,13 +312,14 @@ class KafkaProducerTransport:
 class _Lane:
     """A partition's way to aiokafka: its batches in order (full ones first, the open one last) and its shipper."""
 
-    __slots__ = ("batches", "shipper", "tp", "wanted")
+    __slots__ = ("batches", "linger", "shipper", "tp", "wanted")
 
     def __init__(self, tp: tuple[str, int]) -> None:
         self.tp = tp
         self.batches: deque[_OpenBatch] = deque()
         self.wanted = False  # a ship was asked for: the open batch goes too
         self.shipper: asyncio.Task[None] | None = None
+        self.linger: asyncio.TimerHandle | None = None  # ships the open batch linger_ms after its first record
 
 
 class _OpenBatch:

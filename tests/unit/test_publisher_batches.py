@@ -7,6 +7,7 @@ partition: each caller's future gets exactly its own position or the error of it
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import RecordMetadata, TopicPartition
 
 from producers import EventPublisher, KafkaConnection, KafkaProducerTransport, PublisherConfig
+from producers._partitioner import KeyPartitioner
 from schemas import Event
 from schemas.errors import PublishFailedError, PublishTimeoutError
 from tests.events_factory import example_event
@@ -31,6 +33,7 @@ class FakeProducer:
         self.silent = False  # batches are taken and never acknowledged (a broker that stopped answering)
         self.next_offset: dict[int, int] = {}
         self.shipped: list[tuple[int, int]] = []  # (partition, records)
+        self.shipped_at: list[float] = []  # the loop's time of each shipment above
         self.unanswered: list[asyncio.Future[Any]] = []
 
     def create_batch(self) -> BatchBuilder:
@@ -47,6 +50,7 @@ class FakeProducer:
             await self.hold.wait()
         count = builder.record_count()
         self.shipped.append((partition, count))
+        self.shipped_at.append(asyncio.get_running_loop().time())
         acked: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.unanswered.append(acked)
         if self.silent:
@@ -68,7 +72,7 @@ class FakeProducer:
 
 async def publisher_on(fake: FakeProducer, **config_fields: Any) -> EventPublisher:
     connection = KafkaConnection()
-    config = PublisherConfig(enable_idempotence=False, linger_ms=50, **config_fields)
+    config = PublisherConfig(**{"enable_idempotence": False, "linger_ms": 50} | config_fields)
     transport = KafkaProducerTransport(connection, config)
     transport._producer = fake  # the seam under test: no broker
     publisher = EventPublisher(connection=connection, config=config, transport=transport)
@@ -102,6 +106,37 @@ async def test_a_lone_publish_does_not_wait_for_the_linger() -> None:
     started = asyncio.get_running_loop().time()
     await publisher.publish(bookings(1)[0])
     assert asyncio.get_running_loop().time() - started < 0.04, "shipped on the next turn, not after 50 ms"
+
+
+async def test_each_partition_lingers_from_its_own_first_record_not_on_a_publisher_wide_beat() -> None:
+    """As the Java client lingers per batch: a partition's records wait for more to join them up to ``linger_ms``
+    after the partition's first one, and a partition that starts later is not shipped early with the others."""
+    fake = FakeProducer(partitions=2)
+    publisher = await publisher_on(fake, linger_ms=200)
+    partitioner = KeyPartitioner()
+    by_partition: dict[int, list[Event]] = {0: [], 1: []}
+    for event in bookings(40):
+        by_partition[partitioner.partition(publisher.prepare(event).key or b"", 2)].append(event)
+    loop = asyncio.get_running_loop()
+
+    await publisher.send(by_partition[0][0])
+    await asyncio.sleep(0.1)
+    await publisher.send(by_partition[0][1])
+    second_started = loop.time()
+    await publisher.send(by_partition[1][0])
+    await _until(lambda: len(fake.shipped) == 2)
+
+    assert fake.shipped == [(0, 2), (1, 1)], "partition 0 first, with both its records"
+    # timers never fire early (the loop can only make them late): partition 1 waited its own full linger
+    assert fake.shipped_at[1] - second_started >= 0.19
+
+
+async def _until(condition: Callable[[], bool], timeout_s: float = 30) -> None:
+    for _ in range(int(timeout_s * 100)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"not true within {timeout_s} s")
 
 
 async def test_a_refused_batch_fails_only_the_callers_whose_records_it_held() -> None:
