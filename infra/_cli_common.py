@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -48,6 +50,30 @@ def fail(message: str, *, code: int = EXIT_FAILURE) -> NoReturn:
     """Print ``error: message`` on stderr and leave with ``code`` (no traceback)."""
     click.echo(f"error: {message}", err=True)
     raise click.exceptions.Exit(code)
+
+
+@contextmanager
+def stop_signals_while_starting() -> Iterator[list[int]]:
+    """Record SIGINT and SIGTERM until the event loop installs its own handlers, instead of dying of them.
+
+    An orchestrator may stop a process that has only just started. A long-running command checks the list once
+    its loop's handlers are in place and stops cleanly (exit 0) if it is not empty. The previous handlers come
+    back on exit. Example: ``with stop_signals_while_starting() as early: asyncio.run(serve(early))``
+    """
+    early: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield early
+        return
+    previous = {
+        signum: signal.signal(signum, lambda received, _frame: early.append(received))
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield early
+    finally:
+        for signum, handler in previous.items():
+            if handler is not None:  # None: set outside Python, which cannot be put back from here
+                signal.signal(signum, handler)
 
 
 @contextmanager

@@ -14,7 +14,7 @@ import click
 
 from consumers import ConsumerGroup, Database, GroupSettings, MemoryCache, Resources
 
-from ._cli_common import cli_errors
+from ._cli_common import cli_errors, stop_signals_while_starting
 from ._logging import configure_logging
 from ._settings import Settings, load_settings
 from ._telemetry import configure_telemetry
@@ -94,7 +94,7 @@ async def serve_gateway(
         await close_console(app)
 
 
-async def _serve(settings: Settings, sock: socket.socket) -> None:
+async def _serve(settings: Settings, sock: socket.socket, early: list[int]) -> None:
     from ._composition import marketplace_groups  # noqa: PLC0415
     from .bus import EventBus  # noqa: PLC0415
 
@@ -112,6 +112,8 @@ async def _serve(settings: Settings, sock: socket.socket) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal)
     try:
+        if early:  # asked to stop while starting: stop cleanly (exit 0) before connecting
+            return
         async with EventBus.connect(settings, service="eventbus-gateway", groups=groups) as bus:
             await serve_gateway(bus, settings, sock, stop, force, groups=groups, database=database)
     finally:
@@ -132,16 +134,16 @@ def gateway(host: str, port: int, log_level: str, log_format: str) -> None:
     EVENTBUS_HTTP_JWT_SECRET (HS256) or EVENTBUS_HTTP_JWT_PUBLIC_KEY_FILE (RS256/ES256). Stops cleanly
     on SIGTERM/SIGINT (open streams end; a second signal stops waiting for them). OpenAPI at /docs.
     """
-    configure_logging(level=log_level, json_format=log_format == "json")
-    configure_telemetry("eventbus-gateway")
-    with cli_errors():
+    with stop_signals_while_starting() as early, cli_errors():
+        configure_logging(level=log_level, json_format=log_format == "json")
+        configure_telemetry("eventbus-gateway")
         settings = load_settings()
         from ._gateway_auth import TokenVerifier  # noqa: PLC0415 - refuse to start before connecting to Kafka
 
         TokenVerifier(settings.http_config())
         sock = listen_socket(host, port)
         try:
-            asyncio.run(_serve(settings, sock))
+            asyncio.run(_serve(settings, sock, early))
         finally:
             sock.close()
 
@@ -158,8 +160,8 @@ def console_command(host: str, port: int, log_level: str, log_format: str, no_br
     Sign in as admin (reads) or operator (also replays and resets offsets). Same settings as
     `eventbus gateway`; the console is at /console/ (and /ui/console/).
     """
-    configure_logging(level=log_level, json_format=log_format == "json")
-    with cli_errors():
+    with stop_signals_while_starting() as early, cli_errors():
+        configure_logging(level=log_level, json_format=log_format == "json")
         settings = load_settings()
         from ._gateway_auth import TokenVerifier  # noqa: PLC0415
 
@@ -170,6 +172,6 @@ def console_command(host: str, port: int, log_level: str, log_format: str, no_br
         if not no_browser:
             webbrowser.open(url)
         try:
-            asyncio.run(_serve(settings, sock))
+            asyncio.run(_serve(settings, sock, early))
         finally:
             sock.close()

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Sequence
 
 import click
 
 from consumers import Database, OutboxRelay
 
-from ._cli_common import cli_errors
+from ._cli_common import cli_errors, stop_signals_while_starting
 from ._composition import marketplace_migrations
 from ._logging import configure_logging
 from ._settings import load_settings
@@ -19,8 +20,11 @@ from ._telemetry import configure_telemetry
 __all__ = ["relay", "run_relay"]
 
 
-async def run_relay(stop: asyncio.Event | None = None) -> None:
-    """Apply the migrations and relay the outbox of ``EVENTBUS_DATABASE_URL`` until ``stop`` (or a signal)."""
+async def run_relay(stop: asyncio.Event | None = None, *, early: Sequence[int] = ()) -> None:
+    """Apply the migrations and relay the outbox of ``EVENTBUS_DATABASE_URL`` until ``stop`` (or a signal).
+
+    ``early``: signals received while starting, before this installs its handlers; if any, it stops at once.
+    """
     settings = load_settings()
     database = Database(settings.database_url)
     stop = stop or asyncio.Event()
@@ -34,6 +38,8 @@ async def run_relay(stop: asyncio.Event | None = None) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
+        if early:  # asked to stop while starting: stop cleanly (exit 0) before relaying anything
+            return
         await database.migrate(marketplace_migrations())
         from prometheus_client import REGISTRY  # noqa: PLC0415
 
@@ -62,9 +68,9 @@ def relay(metrics_port: int | None, metrics_host: str, log_level: str, log_forma
     Exactly once on Apache Kafka (Kafka transactions carry the relay's progress), at least once with the
     event's own id on the embedded broker (consumers apply it once). EVENTBUS_OUTBOX_* settings.
     """
-    configure_logging(level=log_level, json_format=log_format == "json")
-    configure_telemetry("eventbus-relay")
-    with cli_errors():
+    with stop_signals_while_starting() as early, cli_errors():
+        configure_logging(level=log_level, json_format=log_format == "json")
+        configure_telemetry("eventbus-relay")
         if metrics_port is not None:
             from prometheus_client import start_http_server  # noqa: PLC0415 - only when asked
 
@@ -72,4 +78,4 @@ def relay(metrics_port: int | None, metrics_host: str, log_level: str, log_forma
                 start_http_server(metrics_port, addr=metrics_host)
             except OSError as exc:
                 raise click.ClickException(f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc}") from exc
-        asyncio.run(run_relay())
+        asyncio.run(run_relay(early=early))

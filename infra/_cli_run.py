@@ -21,6 +21,7 @@ from consumers import (
 )
 from schemas.errors import ConfigurationError, EventBusError
 
+from ._cli_common import stop_signals_while_starting
 from ._composition import marketplace_groups, marketplace_migrations
 from ._logging import configure_logging
 from ._settings import load_settings
@@ -115,21 +116,17 @@ def run(
 
     Several processes running the same group share its partitions.
     """
-    # A SIGTERM while starting (an orchestrator stopping a pod that just began) is a request to stop, not a kill:
-    # kept here until the event loop's own handlers take over.
-    early: list[int] = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda received, _frame: early.append(received))
-    configure_logging(level=log_level, json_format=log_format == "json")
-    configure_telemetry("eventbus-consumers")
-    if metrics_port is not None:
-        from prometheus_client import start_http_server  # noqa: PLC0415 - only when asked
+    with stop_signals_while_starting() as early:
+        configure_logging(level=log_level, json_format=log_format == "json")
+        configure_telemetry("eventbus-consumers")
+        if metrics_port is not None:
+            from prometheus_client import start_http_server  # noqa: PLC0415 - only when asked
 
+            try:
+                start_http_server(metrics_port, addr=metrics_host)
+            except OSError as exc:
+                raise click.ClickException(f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc}") from exc
         try:
-            start_http_server(metrics_port, addr=metrics_host)
-        except OSError as exc:
-            raise click.ClickException(f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc}") from exc
-    try:
-        asyncio.run(_serve(groups, app, concurrency, early))
-    except EventBusError as exc:
-        raise click.ClickException(exc.message) from exc
+            asyncio.run(_serve(groups, app, concurrency, early))
+        except EventBusError as exc:
+            raise click.ClickException(exc.message) from exc

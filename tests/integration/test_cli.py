@@ -365,9 +365,13 @@ def _free_port(host: str) -> int:
 
 
 @pytest.mark.timeout(240)
-def test_run_serves_metrics_on_the_address_given(settings: Settings, tmp_path: Path) -> None:
+@pytest.mark.parametrize("args", [["run", "credits"], ["relay"]], ids=["run", "relay"])
+def test_a_long_running_command_serves_metrics_on_the_address_given_and_stops_cleanly_on_sigterm(
+    settings: Settings, tmp_path: Path, args: list[str]
+) -> None:
+    """SIGTERM comes as soon as /metrics answers: possibly before the event loop's handlers (exit 0 all the same)."""
     port = _free_port("127.0.0.2")
-    command = [*_CLI, "run", "credits", "--metrics-host", "127.0.0.2", "--metrics-port", str(port)]
+    command = [*_CLI, *args, "--metrics-host", "127.0.0.2", "--metrics-port", str(port)]
     env = {**env_of(settings), "EVENTBUS_DATABASE_URL": f"sqlite:///{tmp_path}/run.sqlite", "PATH": ""}
     with subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
         body, deadline = "", time.monotonic() + 90  # a busy machine: starting and joining the group may be slow

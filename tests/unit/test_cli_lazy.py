@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from infra._cli import COMMANDS, main
+from infra._cli_common import stop_signals_while_starting
+from infra._settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 _HEAVY = ("aiokafka", "sqlalchemy", "prometheus_client", "redis", "asyncpg", "aiosqlite", "consumers", "producers")
@@ -90,3 +96,32 @@ def test_commands_that_only_read_create_no_database(
 
     assert result.exit_code == 0, result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stop_signal_while_starting_is_recorded_not_fatal_and_the_previous_handlers_come_back() -> None:
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    with stop_signals_while_starting() as early:
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.pthread_sigmask(signal.SIG_BLOCK, [])  # a bytecode boundary: Python runs the pending handler
+
+    assert early == [signal.SIGTERM]
+    assert {signum: signal.getsignal(signum) for signum in before} == before
+
+
+@pytest.mark.parametrize("command", ["relay", "gateway"])
+def test_a_command_asked_to_stop_while_starting_stops_before_connecting(
+    command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing listens on port 9 here: connecting would fail, so a clean return shows it never tried."""
+    monkeypatch.setenv("EVENTBUS_BOOTSTRAP_SERVERS", "127.0.0.1:9")
+    monkeypatch.setenv("EVENTBUS_DATABASE_URL", "postgresql://nobody@127.0.0.1:9/none")
+    if command == "relay":
+        from infra._cli_relay import run_relay  # noqa: PLC0415
+
+        asyncio.run(asyncio.wait_for(run_relay(early=[signal.SIGTERM]), timeout=30))
+    else:
+        from infra._cli_gateway import _serve  # noqa: PLC0415
+
+        with socket.socket() as sock:
+            asyncio.run(asyncio.wait_for(_serve(load_settings(), sock, [signal.SIGTERM]), timeout=30))
