@@ -76,6 +76,21 @@ def stop_signals_while_starting() -> Iterator[list[int]]:
                 signal.signal(signum, handler)
 
 
+def serve_metrics(port: int | None, host: str) -> None:
+    """Serve Prometheus metrics on ``host:port`` from a background thread (nothing when ``port`` is None).
+
+    Example: ``serve_metrics(9100, "127.0.0.1")``
+    """
+    if port is None:
+        return
+    from prometheus_client import start_http_server  # noqa: PLC0415 - only when asked
+
+    try:
+        start_http_server(port, addr=host)
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve metrics on {host}:{port}: {exc}") from exc
+
+
 @contextmanager
 def cli_errors() -> Iterator[None]:
     """Turn eventbus errors into a clean message: exit 2 for invalid input, 1 for everything else.

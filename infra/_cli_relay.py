@@ -11,7 +11,7 @@ import click
 
 from consumers import Database, OutboxRelay
 
-from ._cli_common import cli_errors, stop_signals_while_starting
+from ._cli_common import cli_errors, serve_metrics, stop_signals_while_starting
 from ._composition import marketplace_migrations
 from ._logging import configure_logging
 from ._settings import load_settings
@@ -71,11 +71,5 @@ def relay(metrics_port: int | None, metrics_host: str, log_level: str, log_forma
     with stop_signals_while_starting() as early, cli_errors():
         configure_logging(level=log_level, json_format=log_format == "json")
         configure_telemetry("eventbus-relay")
-        if metrics_port is not None:
-            from prometheus_client import start_http_server  # noqa: PLC0415 - only when asked
-
-            try:
-                start_http_server(metrics_port, addr=metrics_host)
-            except OSError as exc:
-                raise click.ClickException(f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc}") from exc
+        serve_metrics(metrics_port, metrics_host)
         asyncio.run(run_relay(early=early))

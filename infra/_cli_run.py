@@ -21,7 +21,7 @@ from consumers import (
 )
 from schemas.errors import ConfigurationError, EventBusError
 
-from ._cli_common import stop_signals_while_starting
+from ._cli_common import serve_metrics, stop_signals_while_starting
 from ._composition import marketplace_groups, marketplace_migrations
 from ._logging import configure_logging
 from ._settings import load_settings
@@ -119,13 +119,7 @@ def run(
     with stop_signals_while_starting() as early:
         configure_logging(level=log_level, json_format=log_format == "json")
         configure_telemetry("eventbus-consumers")
-        if metrics_port is not None:
-            from prometheus_client import start_http_server  # noqa: PLC0415 - only when asked
-
-            try:
-                start_http_server(metrics_port, addr=metrics_host)
-            except OSError as exc:
-                raise click.ClickException(f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc}") from exc
+        serve_metrics(metrics_port, metrics_host)
         try:
             asyncio.run(_serve(groups, app, concurrency, early))
         except EventBusError as exc:
