@@ -214,9 +214,7 @@ class KafkaProducerTransport:
         """Ask every lane given records since its last request to ship them."""
         filled, self._filled = self._filled, {}
         for lane in filled.values():
-            if lane.linger is not None:
-                lane.linger.cancel()
-                lane.linger = None
+            lane.stop_linger()
             self._ship_lane(lane)
 
     def _ship_lane(self, lane: _Lane, *, everything: bool = True) -> None:
@@ -295,9 +293,7 @@ class KafkaProducerTransport:
         self._filled.clear()
         for lane in self._lanes.values():
             lane.wanted = False
-            if lane.linger is not None:
-                lane.linger.cancel()
-                lane.linger = None
+            lane.stop_linger()
             while lane.batches:
                 lane.batches.popleft().settle(PublishFailedError("the transaction was aborted", retriable=False))
         await self._transaction_call("aborting a transaction", self._running().abort_transaction)
@@ -320,6 +316,12 @@ class _Lane:
         self.wanted = False  # a ship was asked for: the open batch goes too
         self.shipper: asyncio.Task[None] | None = None
         self.linger: asyncio.TimerHandle | None = None  # ships the open batch linger_ms after its first record
+
+    def stop_linger(self) -> None:
+        """Drop the linger timer (the lane ships, or drops its batches, by other means)."""
+        if self.linger is not None:
+            self.linger.cancel()
+            self.linger = None
 
 
 class _OpenBatch:

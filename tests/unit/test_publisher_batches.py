@@ -7,7 +7,6 @@ partition: each caller's future gets exactly its own position or the error of it
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from producers._partitioner import KeyPartitioner
 from schemas import Event
 from schemas.errors import PublishFailedError, PublishTimeoutError
 from tests.events_factory import example_event
+from tests.harness import until
 
 
 class FakeProducer:
@@ -124,19 +124,11 @@ async def test_each_partition_lingers_from_its_own_first_record_not_on_a_publish
     await publisher.send(by_partition[0][1])
     second_started = loop.time()
     await publisher.send(by_partition[1][0])
-    await _until(lambda: len(fake.shipped) == 2)
+    await until(lambda: len(fake.shipped) == 2, "both partitions shipped")
 
     assert fake.shipped == [(0, 2), (1, 1)], "partition 0 first, with both its records"
     # timers never fire early (the loop can only make them late): partition 1 waited its own full linger
     assert fake.shipped_at[1] - second_started >= 0.19
-
-
-async def _until(condition: Callable[[], bool], timeout_s: float = 30) -> None:
-    for _ in range(int(timeout_s * 100)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"not true within {timeout_s} s")
 
 
 async def test_a_refused_batch_fails_only_the_callers_whose_records_it_held() -> None:
